@@ -1,0 +1,68 @@
+"""Configuration: ``default.yaml`` with an optional user file merged over it."""
+from __future__ import annotations
+
+import copy
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration file that cannot be used."""
+
+
+def default_config() -> dict:
+    text = resources.files(__package__).joinpath("default.yaml").read_text(encoding="utf-8")
+    return yaml.safe_load(text)
+
+
+def load_config(path: str | Path | None = None, overrides: dict | None = None) -> dict:
+    """Return the default configuration merged with ``path`` and then ``overrides``.
+
+    Raises
+    ------
+    ConfigError
+        When the file is missing or not YAML, or names a key the defaults do not have.
+    """
+    config = default_config()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"configuration file not found: {path}")
+        try:
+            user = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        if not isinstance(user, dict):
+            raise ConfigError(f"{path}: expected a mapping of settings at the top level")
+        config = _merge(config, user, source=str(path))
+    if overrides:
+        config = _merge(config, overrides, source="overrides")
+    return config
+
+
+def _merge(base: dict, update: dict, source: str, prefix: str = "") -> dict:
+    merged = copy.deepcopy(base)
+    for key, value in update.items():
+        name = f"{prefix}{key}"
+        if key not in base:
+            raise ConfigError(f"{source}: unknown setting '{name}' (known: {', '.join(sorted(base))})")
+        if isinstance(base[key], dict):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{source}: setting '{name}' must be a mapping, got {value!r}")
+            merged[key] = _merge(base[key], value, source, prefix=f"{name}.")
+        else:
+            merged[key] = value
+    return merged
+
+
+def flatten(config: dict, prefix: str = "") -> dict:
+    """``{'a': {'b': 1}}`` -> ``{'a.b': 1}``, for logging parameters."""
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat

@@ -1,0 +1,95 @@
+"""Point-in-time views of the data: what was known at the start of a day.
+
+:class:`ScoringContext` is the one mechanism through which training, evaluation and the
+nightly run see events: ``ScoringContext.build(..., as_of=d)`` keeps only events strictly
+before ``d``, so nothing from day ``d`` or later can reach a feature computed for ``d``.
+"""
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from .loading import Tables
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """Every sale, indexed ``0..n-1`` in ``sale_id`` order (small: collected to the driver).
+
+    Sale metadata is known before a sale opens, so the catalogue itself carries no
+    information from the future; only events do.
+    """
+
+    sales: pd.DataFrame  # sale_id, open_date, close_date, [destination, category, price], idx
+    index: DataFrame  # Spark: sale_id -> sale_idx, for joining events
+
+    @classmethod
+    def from_tables(cls, spark: SparkSession, tables: Tables) -> Catalog:
+        columns = [c for c in ("sale_id", "title", "open_date", "close_date", "destination",
+                               "category", "price") if c in tables.sales.columns]
+        sales = tables.sales.select(*columns).toPandas().sort_values("sale_id", kind="stable")
+        sales = sales.reset_index(drop=True)
+        sales["idx"] = np.arange(len(sales), dtype=np.int32)
+        index = spark.createDataFrame(sales[["sale_id", "idx"]].rename(columns={"idx": "sale_idx"}))
+        return cls(sales, F.broadcast(index))
+
+    def __len__(self) -> int:
+        return len(self.sales)
+
+    def open_on(self, day: dt.date) -> np.ndarray:
+        """Indices of the sales open on ``day`` (open_date <= day <= close_date)."""
+        mask = (self.sales["open_date"] <= day) & (self.sales["close_date"] >= day)
+        return self.sales["idx"].to_numpy()[mask.to_numpy()]
+
+    def sale_ids(self, idx: np.ndarray) -> np.ndarray:
+        return self.sales["sale_id"].to_numpy()[idx]
+
+
+@dataclass
+class ScoringContext:
+    """What is known at the start of ``as_of``: the catalogue, the sales open that day and
+    every visit and purchase strictly before it."""
+
+    as_of: dt.date
+    catalog: Catalog
+    open_idx: np.ndarray
+    events: DataFrame  # user_id, sale_idx, ts, bought (visits and purchases before as_of)
+
+    @classmethod
+    def build(cls, tables: Tables, catalog: Catalog, as_of: dt.date) -> ScoringContext:
+        start = F.lit(as_of).cast("timestamp")
+        visits = tables.visits.select("user_id", "sale_id", "ts", F.lit(False).alias("bought"))
+        purchases = tables.purchases.select("user_id", "sale_id", "ts", F.lit(True).alias("bought"))
+        events = (visits.unionByName(purchases).filter(F.col("ts") < start)
+                  .join(catalog.index, "sale_id").drop("sale_id"))
+        return cls(as_of, catalog, catalog.open_on(as_of), events)
+
+    def interactions(self) -> DataFrame:
+        """One row per (user, sale) the user visited or bought: ``bought``, ``last_ts``."""
+        return self.events.groupBy("user_id", "sale_idx").agg(
+            F.max(F.col("bought").cast("int")).cast("boolean").alias("bought"),
+            F.max("ts").alias("last_ts"))
+
+    def events_since(self, days: int) -> DataFrame:
+        """Events in the ``days`` days before ``as_of``."""
+        since = F.lit(self.as_of - dt.timedelta(days=days)).cast("timestamp")
+        return self.events.filter(F.col("ts") >= since)
+
+    def active_users(self, lookback_days: int) -> DataFrame:
+        """Users who visited or bought in the ``lookback_days`` days before ``as_of``."""
+        return self.events_since(lookback_days).select("user_id").distinct()
+
+    def user_histories(self, users: DataFrame) -> DataFrame:
+        """``users`` (one row per user_id, any extra columns) with each user's history as
+        two aligned arrays: ``items`` (sale indices) and ``bought`` (flags); empty if none."""
+        grouped = self.interactions().groupBy("user_id").agg(
+            F.sort_array(F.collect_list(F.struct("sale_idx", "bought"))).alias("history"))
+        return (users.join(grouped, "user_id", "left")
+                .withColumn("items", F.coalesce(F.col("history.sale_idx"), F.array().cast("array<int>")))
+                .withColumn("bought", F.coalesce(F.col("history.bought"), F.array().cast("array<boolean>")))
+                .drop("history"))

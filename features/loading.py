@@ -1,0 +1,256 @@
+"""Load the input folder into typed Spark DataFrames, checking the data contract.
+
+Every problem found is collected (file, column, a count and an example row) and all of
+them are raised together in one :class:`DataValidationError` before anything is written.
+Problems that do not stop a run are returned as warnings.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.storagelevel import StorageLevel
+
+from .contract import EARLIEST_YEAR, LATEST_YEAR, SPARK_TYPES, TABLES, TableSpec
+
+CORRUPT = "_corrupt_record"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One kind of violation in one table column."""
+
+    file: str
+    column: str | None
+    message: str
+    count: int = 1
+    example: dict | str | None = None
+
+    def __str__(self) -> str:
+        where = f"{self.file}" + (f", column '{self.column}'" if self.column else "")
+        text = f"{where}: {self.message}"
+        if self.count > 1:
+            text += f" ({self.count} rows)"
+        if self.example is not None:
+            text += f"; e.g. {self.example}"
+        return text
+
+
+class DataValidationError(ValueError):
+    """The input folder breaks the data contract; nothing was written."""
+
+    def __init__(self, data_dir: str, problems: list[Problem]):
+        self.problems = problems
+        lines = [f"{data_dir}: {len(problems)} problem(s) in the input data; "
+                 "the run stopped before writing anything:"]
+        lines += [f"  - {p}" for p in problems]
+        super().__init__("\n".join(lines))
+
+
+@dataclass
+class Tables:
+    """The validated input tables, typed as the contract says."""
+
+    sales: DataFrame
+    sale_images: DataFrame
+    users: DataFrame
+    visits: DataFrame
+    purchases: DataFrame
+    image_labels: DataFrame | None
+    warnings: list[Problem] = field(default_factory=list)
+    fingerprint: str = ""
+    row_counts: dict[str, int] = field(default_factory=dict)
+
+
+def load_tables(spark: SparkSession, data_dir: str | os.PathLike) -> Tables:
+    """Read and validate every table of the contract from ``data_dir``.
+
+    Raises
+    ------
+    DataValidationError
+        Listing every error found (missing files or columns, unparseable values,
+        duplicate ids, unknown ids, sales that close before they open, ...).
+    """
+    data_dir = str(data_dir)
+    errors: list[Problem] = []
+    warnings: list[Problem] = []
+    frames: dict[str, DataFrame | None] = {}
+    files: dict[str, str] = {}
+    digests: dict[str, str] = {}
+    counts: dict[str, int] = {}
+    for spec in TABLES:
+        path = _find_table(data_dir, spec, errors)
+        if path is None:
+            frames[spec.name] = None
+            continue
+        files[spec.name] = os.path.basename(path)
+        raw = _read_raw(spark, path)
+        frame, count, digest = _type_table(raw, spec, files[spec.name], errors, warnings)
+        frames[spec.name] = frame
+        counts[spec.name], digests[spec.name] = count, digest
+    if not errors:
+        _check_cross_table(frames, files, errors, warnings)
+    if errors:
+        for frame in frames.values():
+            if frame is not None:
+                frame.unpersist()
+        raise DataValidationError(data_dir, errors)
+    fingerprint = hashlib.sha256(
+        "|".join(f"{name}:{counts[name]}:{digests[name]}" for name in sorted(digests)).encode()
+    ).hexdigest()
+    return Tables(**frames, warnings=warnings, fingerprint=fingerprint, row_counts=counts)
+
+
+def _find_table(data_dir: str, spec: TableSpec, errors: list[Problem]) -> str | None:
+    found = [os.path.join(data_dir, f"{spec.name}.{ext}") for ext in ("csv", "parquet")
+             if os.path.exists(os.path.join(data_dir, f"{spec.name}.{ext}"))]
+    if len(found) > 1:
+        errors.append(Problem(spec.name, None, "both a CSV and a Parquet version exist; "
+                              "keep one so that it is clear which is read"))
+        return None
+    if not found:
+        if spec.table_required:
+            errors.append(Problem(f"{spec.name}.csv", None,
+                                  f"missing: expected {spec.name}.csv or {spec.name}.parquet "
+                                  f"in {data_dir}"))
+        return None
+    return found[0]
+
+
+def _read_raw(spark: SparkSession, path: str) -> DataFrame:
+    if path.endswith(".parquet"):
+        return spark.read.parquet(path)
+    header = spark.read.option("header", True).csv(path).columns
+    schema = ", ".join(f"`{c}` string" for c in header) + f", `{CORRUPT}` string"
+    return (spark.read.option("header", True).option("mode", "PERMISSIVE")
+            .option("columnNameOfCorruptRecord", CORRUPT).schema(schema).csv(path))
+
+
+def _type_table(raw: DataFrame, spec: TableSpec, file: str, errors: list[Problem],
+                warnings: list[Problem]) -> tuple[DataFrame | None, int, str]:
+    """Parse the contract's columns and count every single-table violation in one pass."""
+    missing = [c for c in spec.required if c not in raw.columns]
+    for column in missing:
+        errors.append(Problem(file, column, f"required column is missing (columns found: "
+                              f"{', '.join(c for c in raw.columns if c != CORRUPT)})"))
+    if missing:
+        return None, 0, ""
+    raw = raw.persist(StorageLevel.MEMORY_AND_DISK)
+    kinds = {**spec.required, **{c: k for c, k in spec.optional.items() if c in raw.columns}}
+    typed_cols = {c: _parse(raw[c], raw.schema[c].dataType.simpleString(), kind)
+                  for c, kind in kinds.items()}
+    # Each check: (column, message, is_error, condition on raw/typed columns).
+    checks = []
+    if CORRUPT in raw.columns:
+        checks.append((None, "malformed CSV line (wrong number of fields or bad quoting)", True,
+                       raw[CORRUPT].isNotNull()))
+    for c, kind in kinds.items():
+        if c in spec.required:
+            checks.append((c, "missing value", True, raw[c].isNull() | (F.trim(raw[c].cast("string")) == "")))
+        if kind != "id" and kind != "string":
+            checks.append((c, f"value is not a valid {kind}", True,
+                           raw[c].isNotNull() & (F.trim(raw[c].cast("string")) != "") & typed_cols[c].isNull()))
+        if kind in ("date", "timestamp"):
+            year = F.year(typed_cols[c])
+            checks.append((c, f"{kind} out of range {EARLIEST_YEAR}-{LATEST_YEAR}", True,
+                           (year < EARLIEST_YEAR) | (year > LATEST_YEAR)))
+        if kind == "double":
+            checks.append((c, "value is not finite", True,
+                           F.isnan(typed_cols[c]) | (F.abs(typed_cols[c]) == float("inf"))))
+            checks.append((c, "negative value", True, typed_cols[c] < 0))
+    checks += _table_rules(spec.name, typed_cols)
+    aggregates = [F.count(F.lit(1)).alias("rows"),
+                  F.sum(F.xxhash64(*[raw[c] for c in raw.columns]).cast("decimal(38,0)"))
+                  .cast("string").alias("digest")]
+    aggregates += [F.sum(F.when(cond, 1).otherwise(0)).alias(f"check{i}")
+                   for i, (_, _, _, cond) in enumerate(checks)]
+    summary = raw.agg(*aggregates).first()
+    rows = summary["rows"]
+    for i, (column, message, is_error, cond) in enumerate(checks):
+        count = summary[f"check{i}"] or 0
+        if count:
+            example = _example(raw.filter(cond))
+            (errors if is_error else warnings).append(Problem(file, column, message, count, example))
+    if rows == 0:
+        problem = Problem(file, None, "the table is empty", 0)
+        (warnings if spec.may_be_empty else errors).append(problem)
+    extra = [raw[c] for c in raw.columns
+             if spec.keep_extra_columns and c not in kinds and c != CORRUPT]
+    typed = raw.select(*[typed_cols[c].alias(c) for c in kinds], *extra)
+    if spec.key:
+        _check_duplicates(typed, spec.key, file, errors)
+    return typed, rows, summary["digest"] or "0"
+
+
+def _parse(column, source_type: str, kind: str):
+    target = SPARK_TYPES[kind]
+    if source_type == target:
+        return column
+    if kind in ("id", "string"):
+        return column.cast("string")
+    return F.trim(column.cast("string")).try_cast(target)
+
+
+def _table_rules(name: str, cols: dict) -> list:
+    if name == "sales":
+        return [("close_date", "close_date is before open_date", True,
+                 cols["close_date"] < cols["open_date"])]
+    if name == "sale_images":
+        path = cols["image_path"]
+        return [("image_path", "path must be relative to the data folder and stay inside it "
+                 "(no leading '/', no '..', no drive letter)", True,
+                 path.startswith("/") | path.startswith("\\") | path.rlike(r"(^|[/\\])\.\.([/\\]|$)")
+                 | path.rlike(r"^[A-Za-z]:"))]
+    return []
+
+
+def _check_duplicates(typed: DataFrame, key: tuple[str, ...], file: str,
+                      errors: list[Problem]) -> None:
+    dupes = typed.groupBy(*key).count().filter("count > 1")
+    summary = dupes.agg(F.count(F.lit(1)).alias("ids"), F.sum("count").alias("rows")).first()
+    if summary["ids"]:
+        example = {k: v for k, v in dupes.orderBy(*key).first().asDict().items()}
+        errors.append(Problem(file, ", ".join(key), f"duplicate id: {summary['ids']} id(s) appear "
+                              f"more than once", summary["rows"], example))
+
+
+def _example(rows: DataFrame) -> dict | str:
+    row = rows.limit(1).first().asDict()
+    if row.get(CORRUPT) is not None:
+        return repr(row[CORRUPT])
+    return {k: v for k, v in row.items() if k != CORRUPT}
+
+
+def _check_cross_table(frames: dict, files: dict, errors: list[Problem],
+                       warnings: list[Problem]) -> None:
+    sales, users = frames["sales"], frames["users"]
+    for name in ("visits", "purchases", "sale_images"):
+        frame = frames[name]
+        unknown = frame.join(sales.select("sale_id"), "sale_id", "left_anti")
+        _report(unknown, files[name], "sale_id", "names a sale that is not in sales", errors)
+        if name != "sale_images":
+            unknown = frame.join(users.select("user_id"), "user_id", "left_anti")
+            _report(unknown, files[name], "user_id", "names a user that is not in users", errors)
+    if errors:
+        return
+    windows = sales.select("sale_id", "open_date", "close_date")
+    for name in ("visits", "purchases"):
+        outside = (frames[name].join(windows, "sale_id")
+                   .filter((F.to_date("ts") < F.col("open_date")) | (F.to_date("ts") > F.col("close_date"))))
+        _report(outside, files[name], "ts", "event outside its sale's open..close window "
+                "(kept as history; never a training example)", warnings)
+    labels = frames["image_labels"]
+    if labels is not None:
+        unknown = labels.join(frames["sale_images"].select("image_path"), "image_path", "left_anti")
+        _report(unknown, files["image_labels"], "image_path",
+                "labels an image that is not in sale_images", warnings)
+
+
+def _report(rows: DataFrame, file: str, column: str, message: str, out: list[Problem]) -> None:
+    count = rows.count()
+    if count:
+        out.append(Problem(file, column, message, count, _example(rows)))
+

@@ -1,0 +1,98 @@
+"""The ``salerank`` command line.
+
+Exit status: 0 on success, 2 when the input data or configuration is at fault (the
+reason on stderr, nothing published), 1 on any other failure.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+import sys
+from pathlib import Path
+
+from ..conf import ConfigError, load_config
+from ..features.loading import DataValidationError
+from ..metamodel.training import TrainingDataError
+
+INPUT_ERRORS = (DataValidationError, ConfigError, TrainingDataError)
+
+
+def _date(text: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date in YYYY-MM-DD form: {text!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="salerank", description=(
+        "Nightly recommendations of time-limited sales, on Spark."))
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = commands.add_parser("demo", help="generate a demo world and run the nightly pipeline on it",
+                               description="Write a generated world to OUT/data (its hidden truth to "
+                                           "OUT/truth) and run the nightly pipeline on its last day into OUT.")
+    demo.add_argument("--out", required=True, help="output folder")
+    demo.add_argument("--seed", type=int, default=42, help="seed of the world and the pipeline (default 42)")
+    demo.add_argument("--users", type=int, default=2000, help="number of users (default 2000)")
+    demo.add_argument("--days", type=int, default=75, help="days of history (default 75)")
+    demo.add_argument("--conf", help="YAML configuration merged over conf/default.yaml")
+
+    nightly = commands.add_parser("nightly", help="recommend the sales open on a date",
+                                  description="Rank, for every active user, the top sales open on DATE "
+                                              "into OUT/recommendations/run_date=DATE/.")
+    nightly.add_argument("--data", required=True, help="input folder in the data contract")
+    nightly.add_argument("--date", required=True, type=_date, help="run date, YYYY-MM-DD")
+    nightly.add_argument("--out", required=True, help="output folder")
+    nightly.add_argument("--conf", help="YAML configuration merged over conf/default.yaml")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="salerank: %(message)s", stream=sys.stderr)
+    try:
+        if args.command == "demo":
+            return run_demo(args)
+        return run_nightly_command(args)
+    except INPUT_ERRORS as err:
+        print(f"salerank {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+def run_nightly_command(args) -> int:
+    from ..jobs.pipeline import run_nightly
+    from .spark import get_spark
+
+    config = load_config(args.conf)
+    if not Path(args.data).is_dir():
+        raise ConfigError(f"--data {args.data}: no such folder")
+    result = run_nightly(get_spark(config), args.data, args.date, args.out, config)
+    print(f"{result.rows} recommendations for {result.active_users} users in {result.output}")
+    return 0
+
+
+def run_demo(args) -> int:
+    from ..world import WorldConfig, generate_world, truth_metrics
+    from .pipeline import run_nightly
+    from .spark import get_spark
+
+    config = load_config(args.conf, overrides={"seed": args.seed})
+    world = generate_world(WorldConfig(n_users=args.users, n_days=args.days), seed=args.seed)
+    data_dir = world.write(args.out)
+    print(f"demo world: {len(world.users)} users, {len(world.sales)} sales, {len(world.visits)} visits, "
+          f"{len(world.purchases)} purchases in {data_dir} (truth in {Path(args.out) / 'truth'})")
+    spark = get_spark(config)
+    result = run_nightly(spark, str(data_dir), world.last_date, args.out, config, keep_rankings=True)
+    print(f"{result.rows} recommendations for {result.active_users} users in {result.output}")
+    if result.metrics is not None:
+        print(f"\nagainst the purchases on {world.last_date}:\n"
+              f"{result.metrics.drop(columns='users').round(4).to_string()}")
+    open_ids = sorted(world.sales.loc[(world.sales["open_date"] <= world.last_date.isoformat())
+                                      & (world.sales["close_date"] >= world.last_date.isoformat()), "sale_id"])
+    if result.rankings is not None:
+        truth = truth_metrics(result.rankings, world.user_truth, world.sale_truth, open_ids, config["top_k"])
+        print(f"\nagainst the world's true preferences:\n{truth.round(4).to_string()}")
+    print(f"\nMLflow: mlflow ui --backend-store-uri sqlite:///{Path(args.out).resolve() / 'mlflow.db'} --workers 1")
+    return 0

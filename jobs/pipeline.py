@@ -1,0 +1,165 @@
+"""The nightly pipeline: the one place that wires the stages together.
+
+Each stage is a plain function from named inputs to named outputs (``load_tables``,
+``training_examples``, ``train_metamodel``, ``score_users``, ``publish_parquet``,
+``ranking_metrics``); this module only decides which stage reads what, times them and
+records the run in MLflow.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+
+from .. import recommenders as recs
+from ..conf import flatten
+from ..features.history import Catalog, ScoringContext
+from ..features.loading import load_tables
+from ..metamodel.evaluation import ranking_metrics
+from ..metamodel.ranking import METAMODEL, RANKING_SCHEMA, RankTopK
+from ..metamodel.training import train_metamodel, training_examples
+from ..recommenders.scoring import score_users
+from .publish import publish_parquet
+from .tracking import start_run
+
+log = logging.getLogger("salerank")
+
+RECOMMENDATIONS_SCHEMA = "user_id string, rank int, sale_id string, score double, model_version string"
+
+
+@dataclass
+class NightlyResult:
+    run_date: dt.date
+    output: str
+    rows: int
+    active_users: int
+    open_sales: int
+    model_version: str | None
+    metrics: pd.DataFrame | None  # per strategy, against purchases on the run date
+    timings: dict[str, float] = field(default_factory=dict)
+    mlflow_run_id: str = ""
+    rankings: pd.DataFrame | None = None  # every strategy's top-k, when asked for
+
+
+class _Stages:
+    """Times each stage, logs it to the console and keeps the figures for MLflow."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str):
+        log.info("stage %s ...", name)
+        start = time.perf_counter()
+        yield
+        self.seconds[name] = round(time.perf_counter() - start, 3)
+        log.info("stage %s done in %.1f s", name, self.seconds[name])
+
+
+def recommendations_path(out_dir: str, run_date: dt.date) -> str:
+    return str(Path(out_dir) / "recommendations" / f"run_date={run_date.isoformat()}")
+
+
+def run_nightly(spark: SparkSession, data_dir: str, run_date: dt.date, out_dir: str,
+                config: dict, keep_rankings: bool = False) -> NightlyResult:
+    """Recommend, for every user active before ``run_date``, the top sales open on it.
+
+    ``keep_rankings`` also returns every strategy's top-k (the meta-model and each
+    recommender alone) as pandas: for small worlds, tests and the demo.
+    """
+    stages = _Stages()
+    with start_run(config, out_dir, run_name=f"nightly {run_date}") as run:
+        mlflow.log_params({**flatten(config), "data_dir": str(data_dir), "run_date": str(run_date)})
+        with stages("load"):
+            tables = load_tables(spark, data_dir)
+            for warning in tables.warnings:
+                log.warning("data warning: %s", warning)
+            catalog = Catalog.from_tables(spark, tables)
+            context = ScoringContext.build(tables, catalog, run_date)
+            active = context.active_users(config["active_lookback_days"]).cache()
+            n_active, n_open = active.count(), len(context.open_idx)
+        mlflow.set_tags({"data_fingerprint": tables.fingerprint, "run_date": str(run_date)})
+        mlflow.log_metrics({f"rows_{name}": float(n) for name, n in tables.row_counts.items()})
+        mlflow.log_metrics({"active_users": float(n_active), "open_sales": float(n_open)})
+        log.info("%d active users, %d sales open on %s", n_active, n_open, run_date)
+        model, metrics, rankings = None, None, None
+        prototypes = recs.from_config(config)
+        output = recommendations_path(out_dir, run_date)
+        if n_active and n_open:
+            with stages("train"):
+                model = _train(tables, catalog, prototypes, run_date, config)
+            with stages("score"):
+                fitted = recs.fit_all(prototypes, context)
+                strategies = (METAMODEL, *[r.name for r in prototypes])
+                ranked = score_users(context, fitted, active, RankTopK(model, config["top_k"], strategies),
+                                     RANKING_SCHEMA, config["spark"]["scoring_partitions"]).cache()
+            recommendations = (ranked.filter(F.col("strategy") == METAMODEL)
+                               .select("user_id", "rank", "sale_id", "score",
+                                       F.lit(model.version_).alias("model_version")))
+        else:
+            log.warning("nothing to rank on %s (%d active users, %d open sales): publishing an "
+                        "empty output", run_date, n_active, n_open)
+            recommendations = spark.createDataFrame([], RECOMMENDATIONS_SCHEMA)
+        with stages("publish"):
+            rows = publish_parquet(recommendations, output)
+        log.info("published %d recommendations to %s", rows, output)
+        if model is not None:
+            with stages("evaluate"):
+                metrics = _evaluate(tables, catalog, context, ranked, config["top_k"])
+            if keep_rankings:
+                rankings = ranked.toPandas()
+            ranked.unpersist()
+        active.unpersist()
+        mlflow.log_metrics({f"seconds_{name}": s for name, s in stages.seconds.items()})
+        return NightlyResult(run_date, output, rows, n_active, n_open,
+                             model.version_ if model else None, metrics, stages.seconds,
+                             run.info.run_id, rankings)
+
+
+def _train(tables, catalog, prototypes, run_date, config):
+    settings = config["metamodel"]
+    examples = training_examples(tables, catalog, prototypes, run_date, settings["train_days"],
+                                 settings["negatives_per_purchase"], config["seed"],
+                                 config["spark"]["scoring_partitions"])
+    model, metrics = train_metamodel(examples, [r.name for r in prototypes], settings["C"])
+    log.info("meta-model %s trained on %d examples: %s", model.version_, len(examples),
+             ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+    mlflow.log_metrics(metrics)
+    mlflow.set_tag("model_version", model.version_)
+    mlflow.log_dict(model.coefficients_, "metamodel_coefficients.json")
+    mlflow.sklearn.log_model(model.pipeline_, name="metamodel",
+                             pip_requirements=["scikit-learn", "numpy"])
+    return model
+
+
+def _evaluate(tables, catalog, context, ranked, k) -> pd.DataFrame | None:
+    """Score the night's rankings against the purchases made on the run date, if any."""
+    day_start = F.lit(context.as_of).cast("timestamp")
+    bought = (tables.purchases
+              .filter((F.col("ts") >= day_start) & (F.col("ts") < day_start + F.expr("INTERVAL 1 DAY")))
+              .join(catalog.index, "sale_id")
+              .filter(F.col("sale_idx").isin([int(i) for i in context.open_idx]))
+              .select("user_id", "sale_id").distinct()
+              .join(ranked.select("user_id").distinct(), "user_id"))
+    truth = bought.toPandas()
+    if truth.empty:
+        log.info("no purchases of open sales by active users on %s: no evaluation", context.as_of)
+        return None
+    recommended = ranked.join(bought.select("user_id").distinct(), "user_id").toPandas()
+    metrics = ranking_metrics(recommended, truth, k)
+    log.info("evaluation against purchases on %s (%d users):\n%s", context.as_of,
+             int(metrics["users"].iloc[0]), metrics.drop(columns="users").round(4).to_string())
+    for strategy, row in metrics.iterrows():
+        mlflow.log_metrics({f"{strategy}.{name.replace('@', '_at_')}": float(value)
+                            for name, value in row.items() if name != "users"})
+    mlflow.log_text(json.dumps(metrics.to_dict(orient="index"), indent=2), "evaluation.json")
+    return metrics

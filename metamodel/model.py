@@ -1,0 +1,72 @@
+"""The meta-model: a logistic regression on the recommenders' scores."""
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pandas as pd
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import log_loss, roc_auc_score
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import FunctionTransformer, StandardScaler
+
+
+class MetaModel:
+    """Purchase probability from recommender scores.
+
+    Scores are non-negative and heavy-tailed (co-visitation counts, popularity), so they
+    go through ``log1p`` and standardisation before an L2-regularised logistic regression.
+
+    Parameters
+    ----------
+    feature_names : list of str
+        The recommenders whose scores are the features, in order.
+    C : float
+        Inverse regularisation strength.
+    """
+
+    def __init__(self, feature_names: list[str], C: float = 1.0):
+        self.feature_names = list(feature_names)
+        self.C = C
+
+    def fit(self, examples: pd.DataFrame) -> MetaModel:
+        """Fit on ``examples`` with the feature columns and a 0/1 ``label`` column."""
+        labels = examples["label"].to_numpy()
+        if len(np.unique(labels)) < 2:
+            raise ValueError("the training examples have only one class; the meta-model needs "
+                             "purchases and open sales that were not bought")
+        self.pipeline_: Pipeline = make_pipeline(
+            FunctionTransformer(np.log1p), StandardScaler(),
+            LogisticRegression(C=self.C, max_iter=1000))
+        self.pipeline_.fit(examples[self.feature_names].to_numpy(dtype=float), labels)
+        return self
+
+    @property
+    def coefficients_(self) -> dict[str, float]:
+        regression = self.pipeline_[-1]
+        return {**dict(zip(self.feature_names, regression.coef_[0].tolist())),
+                "intercept": float(regression.intercept_[0])}
+
+    @property
+    def version_(self) -> str:
+        """A content hash of the fitted model: the same model always has the same version."""
+        scaler = self.pipeline_[1]
+        parts = [self.feature_names, scaler.mean_.round(12).tolist(), scaler.scale_.round(12).tolist(),
+                 [round(v, 12) for v in self.coefficients_.values()]]
+        return "metamodel-" + hashlib.sha256(repr(parts).encode()).hexdigest()[:12]
+
+    def predict_proba(self, features: np.ndarray) -> np.ndarray:
+        """Purchase probability for rows of features (columns in ``feature_names`` order)."""
+        return self.pipeline_.predict_proba(features)[:, 1]
+
+    def score_blocks(self, scores: dict[str, np.ndarray]) -> np.ndarray:
+        """Purchase probability for a ``users x sales`` block of each recommender's scores."""
+        stacked = np.stack([scores[name] for name in self.feature_names], axis=-1)
+        return self.predict_proba(stacked.reshape(-1, len(self.feature_names))).reshape(stacked.shape[:2])
+
+    def evaluate(self, examples: pd.DataFrame) -> dict[str, float]:
+        """AUC and log loss on labelled examples."""
+        probability = self.predict_proba(examples[self.feature_names].to_numpy(dtype=float))
+        labels = examples["label"].to_numpy()
+        return {"auc": float(roc_auc_score(labels, probability)),
+                "log_loss": float(log_loss(labels, probability, labels=[0, 1]))}

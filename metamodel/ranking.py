@@ -1,0 +1,48 @@
+"""Top-k selection per user: the nightly ranking."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from ..recommenders.scoring import Block
+from .model import MetaModel
+
+METAMODEL = "metamodel"
+RANKING_SCHEMA = "strategy string, user_id string, rank int, sale_id string, score double"
+
+
+def top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Columns of the ``k`` highest scores of each row, best first; ties go to the lower
+    column (the lower sale_id), so the ranking is reproducible."""
+    return np.argsort(-scores, axis=1, kind="stable")[:, :k]
+
+
+@dataclass(frozen=True)
+class RankTopK:
+    """Emit each user's top ``k`` open sales that they have not bought, for each strategy:
+    ``"metamodel"`` (purchase probability) or the name of a single recommender."""
+
+    model: MetaModel | None
+    k: int
+    strategies: tuple[str, ...]
+
+    def __call__(self, block: Block) -> pd.DataFrame:
+        already_bought = block.history.bought[:, block.open_idx].toarray() > 0
+        parts = []
+        for strategy in self.strategies:
+            scores = (self.model.score_blocks(block.scores) if strategy == METAMODEL
+                      else np.array(block.scores[strategy], dtype=float))
+            scores[already_bought] = -np.inf
+            cols = top_k(scores, self.k)
+            best = np.take_along_axis(scores, cols, axis=1)
+            rows, ranks = np.nonzero(np.isfinite(best))
+            parts.append(pd.DataFrame({
+                "strategy": strategy,
+                "user_id": block.users["user_id"].to_numpy()[rows],
+                "rank": (ranks + 1).astype(np.int32),
+                "sale_id": block.open_ids[cols[rows, ranks]],
+                "score": best[rows, ranks],
+            }))
+        return pd.concat(parts, ignore_index=True)

@@ -1,0 +1,59 @@
+"""The interface every recommender honours.
+
+A recommender is fitted on a :class:`~salerank.features.history.ScoringContext` (what is
+known at the start of a day) and learns only *sale-side* state: small, because few sales
+are open on a day, and broadcast to every worker.  It then scores blocks of users against
+the open sales with vectorised numpy/scipy: :meth:`Recommender.score` takes the users'
+histories as sparse matrices and returns a dense ``users x open sales`` block.  No
+(user, sale) pair ever goes through a shuffle.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+from ..features.history import ScoringContext
+
+
+@dataclass(frozen=True)
+class UserHistory:
+    """The histories of a block of users, as ``users x catalogue`` 0/1 CSR matrices."""
+
+    seen: sp.csr_matrix  # visited or bought before the day
+    bought: sp.csr_matrix  # bought before the day
+
+    @classmethod
+    def from_lists(cls, items: list[np.ndarray], bought: list[np.ndarray], n_sales: int) -> UserHistory:
+        lengths = np.fromiter((len(x) for x in items), dtype=np.int64, count=len(items))
+        indptr = np.concatenate([[0], np.cumsum(lengths)])
+        indices = (np.concatenate(items).astype(np.int32) if lengths.sum()
+                   else np.zeros(0, dtype=np.int32))
+        flags = (np.concatenate(bought).astype(bool) if lengths.sum() else np.zeros(0, dtype=bool))
+        shape = (len(items), n_sales)
+        seen = sp.csr_matrix((np.ones(len(indices)), indices, indptr), shape=shape)
+        bought_m = sp.csr_matrix((flags.astype(float), indices, indptr), shape=shape)
+        bought_m.eliminate_zeros()
+        return cls(seen, bought_m)
+
+    def __len__(self) -> int:
+        return self.seen.shape[0]
+
+
+class Recommender(ABC):
+    """Scores users against the sales open on the context's day.
+
+    Hyperparameters go to the constructor; :meth:`fit` sets attributes ending in ``_``.
+    """
+
+    name: str = "recommender"
+
+    @abstractmethod
+    def fit(self, context: ScoringContext) -> Recommender:
+        """Learn sale-side state from what is known at the start of ``context.as_of``."""
+
+    @abstractmethod
+    def score(self, history: UserHistory) -> np.ndarray:
+        """Scores of shape ``(len(history), len(context.open_idx))``; higher is better, >= 0."""

@@ -1,0 +1,70 @@
+"""Content-based scoring: user profile . sale profile over sale metadata.
+
+A sale's profile is one-hot over its feature values (``destination=Crete``,
+``category=villa``, ``price_band=2``).  A user's profile is the weighted sum of the
+profiles of the sales they visited (weight ``visit_weight``) and bought (plus
+``purchase_weight``), normalised within each feature group, so the score of a sale is the
+sum over groups of the share of the user's history that matches it (0 to #groups).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from .base import Recommender, UserHistory
+
+FEATURE_COLUMNS = ("destination", "category")
+
+
+def price_bands(prices: pd.Series, reference: pd.Series, n_bands: int) -> pd.Series:
+    """Band of each price (0..n_bands-1) by the quantiles of ``reference`` prices."""
+    edges = np.unique(np.nanquantile(reference.to_numpy(dtype=float),
+                                     np.linspace(0, 1, n_bands + 1)[1:-1]))
+    bands = pd.Series(np.searchsorted(edges, prices.to_numpy(dtype=float), side="right"),
+                      index=prices.index).astype("object")
+    return bands.where(prices.notna(), None)
+
+
+class ContentBased(Recommender):
+    name = "content"
+
+    def __init__(self, price_bands: int = 5, visit_weight: float = 1.0, purchase_weight: float = 3.0):
+        self.price_bands = price_bands
+        self.visit_weight = visit_weight
+        self.purchase_weight = purchase_weight
+
+    def fit(self, context) -> ContentBased:
+        sales = context.catalog.sales
+        values = {c: sales[c] for c in FEATURE_COLUMNS if c in sales.columns}
+        if "price" in sales.columns:
+            known = sales.loc[sales["open_date"] <= context.as_of, "price"].dropna()
+            if len(known):
+                values["price_band"] = price_bands(sales["price"], known, self.price_bands)
+        rows, cols, groups, names = [], [], [], []
+        for group, (column, series) in enumerate(values.items()):
+            for value in sorted(series.dropna().unique(), key=str):
+                matches = np.flatnonzero((series == value).to_numpy())
+                rows.append(matches)
+                cols.append(np.full(len(matches), len(names)))
+                groups.append(group)
+                names.append(f"{column}={value}")
+        n_features = len(names)
+        rows = np.concatenate(rows) if rows else np.zeros(0, dtype=int)
+        cols = np.concatenate(cols) if cols else np.zeros(0, dtype=int)
+        self.feature_names_ = names
+        self.profiles_ = sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(sales), n_features))
+        # feature -> group indicator, to normalise a user's profile within each group
+        self.groups_ = sp.csr_matrix((np.ones(n_features), (np.arange(n_features), groups)),
+                                     shape=(n_features, len(values)))
+        self.open_profiles_ = self.profiles_[context.open_idx].T.toarray()
+        return self
+
+    def score(self, history: UserHistory) -> np.ndarray:
+        weights = self.visit_weight * history.seen + self.purchase_weight * history.bought
+        profile = np.asarray((weights @ self.profiles_).todense())
+        totals = np.asarray((sp.csr_matrix(profile) @ self.groups_).todense())
+        group_of = self.groups_.indices  # one group per feature, in feature order
+        shares = np.divide(profile, totals[:, group_of], out=np.zeros_like(profile),
+                           where=totals[:, group_of] > 0)
+        return shares @ self.open_profiles_

@@ -1,0 +1,61 @@
+"""Score users per partition, in blocks, against the sales open on a day.
+
+The fitted recommenders and the open sales are broadcast; each partition of users turns
+its users' histories into sparse matrices and asks every recommender for a dense
+``users x open sales`` block.  What is done with the blocks (training examples, top-k)
+is the ``emit`` function's business, so training and nightly scoring share this path.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import numpy as np
+import pandas as pd
+from pyspark.sql import DataFrame
+
+from ..features.history import ScoringContext
+from .base import Recommender, UserHistory
+
+
+@dataclass(frozen=True)
+class Block:
+    """A block of users scored against the open sales."""
+
+    users: pd.DataFrame  # the input rows (user_id, items, bought, and any extra columns)
+    history: UserHistory
+    scores: dict[str, np.ndarray]  # recommender name -> users x open sales
+    open_idx: np.ndarray
+    open_ids: np.ndarray  # sale_id of each open sale (column order)
+
+
+Emit = Callable[[Block], pd.DataFrame]
+
+
+def score_users(context: ScoringContext, recommenders: list[Recommender], users: DataFrame,
+                emit: Emit, schema: str, partitions: int) -> DataFrame:
+    """Apply ``emit`` to every block of ``users`` scored by the fitted ``recommenders``.
+
+    Parameters
+    ----------
+    users : DataFrame
+        One row per ``user_id`` (extra columns are passed through to ``emit``).
+    emit : callable
+        ``Block -> pandas.DataFrame`` matching ``schema``.
+    """
+    spark = users.sparkSession
+    shared = spark.sparkContext.broadcast({
+        "recommenders": recommenders, "emit": emit, "open_idx": context.open_idx,
+        "open_ids": context.catalog.sale_ids(context.open_idx), "n_sales": len(context.catalog),
+    })
+
+    def score_partition(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        state = shared.value
+        for batch in batches:
+            history = UserHistory.from_lists(list(batch["items"]), list(batch["bought"]),
+                                             state["n_sales"])
+            scores = {r.name: r.score(history) for r in state["recommenders"]}
+            yield state["emit"](Block(batch, history, scores, state["open_idx"], state["open_ids"]))
+
+    histories = context.user_histories(users).repartition(partitions, "user_id")
+    return histories.mapInPandas(score_partition, schema)
