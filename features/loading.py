@@ -6,6 +6,7 @@ Problems that do not stop a run are returned as warnings.
 """
 from __future__ import annotations
 
+import csv
 import hashlib
 import os
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ class Problem:
     column: str | None
     message: str
     count: int = 1
-    example: dict | str | None = None
+    example: str | None = None
 
     def __str__(self) -> str:
         where = f"{self.file}" + (f", column '{self.column}'" if self.column else "")
@@ -123,8 +124,12 @@ def _find_table(data_dir: str, spec: TableSpec, errors: list[Problem]) -> str | 
 def _read_raw(spark: SparkSession, path: str) -> DataFrame:
     if path.endswith(".parquet"):
         return spark.read.parquet(path)
-    header = spark.read.option("header", True).csv(path).columns
-    schema = ", ".join(f"`{c}` string" for c in header) + f", `{CORRUPT}` string"
+    if os.path.isfile(path):  # a local file: no Spark job just to read the header
+        with open(path, newline="", encoding="utf-8") as f:
+            header = next(csv.reader(f), [])
+    else:
+        header = spark.read.option("header", True).csv(path).columns
+    schema = ", ".join([f"`{c}` string" for c in header] + [f"`{CORRUPT}` string"])
     return (spark.read.option("header", True).option("mode", "PERMISSIVE")
             .option("columnNameOfCorruptRecord", CORRUPT).schema(schema).csv(path))
 
@@ -212,45 +217,44 @@ def _check_duplicates(typed: DataFrame, key: tuple[str, ...], file: str,
     dupes = typed.groupBy(*key).count().filter("count > 1")
     summary = dupes.agg(F.count(F.lit(1)).alias("ids"), F.sum("count").alias("rows")).first()
     if summary["ids"]:
-        example = {k: v for k, v in dupes.orderBy(*key).first().asDict().items()}
+        example = _example(dupes.orderBy(*key))
         errors.append(Problem(file, ", ".join(key), f"duplicate id: {summary['ids']} id(s) appear "
                               f"more than once", summary["rows"], example))
 
 
-def _example(rows: DataFrame) -> dict | str:
+def _example(rows: DataFrame) -> str:
     row = rows.limit(1).first().asDict()
     if row.get(CORRUPT) is not None:
-        return repr(row[CORRUPT])
-    return {k: v for k, v in row.items() if k != CORRUPT}
+        return f"line {row[CORRUPT]!r}"
+    return "row {" + ", ".join(f"{k}: {'' if v is None else str(v)!r}"
+                               for k, v in row.items() if k != CORRUPT) + "}"
 
 
 def _check_cross_table(frames: dict, files: dict, errors: list[Problem],
                        warnings: list[Problem]) -> None:
-    sales, users = frames["sales"], frames["users"]
+    """Unknown sale and user ids, and events outside their sale's window: one pass per table."""
+    sales = frames["sales"].select("sale_id", "open_date", "close_date", F.lit(True).alias("_known_sale"))
+    users = frames["users"].select("user_id", F.lit(True).alias("_known_user"))
     for name in ("visits", "purchases", "sale_images"):
-        frame = frames[name]
-        unknown = frame.join(sales.select("sale_id"), "sale_id", "left_anti")
-        _report(unknown, files[name], "sale_id", "names a sale that is not in sales", errors)
+        joined = frames[name].join(F.broadcast(sales), "sale_id", "left")
+        checks = [("sale_id", "names a sale that is not in sales", errors,
+                   F.col("_known_sale").isNull())]
         if name != "sale_images":
-            unknown = frame.join(users.select("user_id"), "user_id", "left_anti")
-            _report(unknown, files[name], "user_id", "names a user that is not in users", errors)
-    if errors:
-        return
-    windows = sales.select("sale_id", "open_date", "close_date")
-    for name in ("visits", "purchases"):
-        outside = (frames[name].join(windows, "sale_id")
-                   .filter((F.to_date("ts") < F.col("open_date")) | (F.to_date("ts") > F.col("close_date"))))
-        _report(outside, files[name], "ts", "event outside its sale's open..close window "
-                "(kept as history; never a training example)", warnings)
+            joined = joined.join(users, "user_id", "left")
+            day = F.to_date("ts")
+            checks += [("user_id", "names a user that is not in users", errors, F.col("_known_user").isNull()),
+                       ("ts", "event outside its sale's open..close window (kept as history; never a "
+                        "training example)", warnings, (day < F.col("open_date")) | (day > F.col("close_date")))]
+        summary = joined.agg(*[F.sum(F.when(cond, 1).otherwise(0)).alias(f"check{i}")
+                               for i, (*_, cond) in enumerate(checks)]).first()
+        for i, (column, message, out, cond) in enumerate(checks):
+            if summary[f"check{i}"]:
+                example = _example(joined.filter(cond).select(*frames[name].columns))
+                out.append(Problem(files[name], column, message, summary[f"check{i}"], example))
     labels = frames["image_labels"]
     if labels is not None:
         unknown = labels.join(frames["sale_images"].select("image_path"), "image_path", "left_anti")
-        _report(unknown, files["image_labels"], "image_path",
-                "labels an image that is not in sale_images", warnings)
-
-
-def _report(rows: DataFrame, file: str, column: str, message: str, out: list[Problem]) -> None:
-    count = rows.count()
-    if count:
-        out.append(Problem(file, column, message, count, _example(rows)))
-
+        count = unknown.count()
+        if count:
+            warnings.append(Problem(files["image_labels"], "image_path",
+                                    "labels an image that is not in sale_images", count, _example(unknown)))

@@ -1,0 +1,32 @@
+import pytest
+
+from salerank.conf import ConfigError, flatten, load_config
+
+
+def test_user_file_is_merged_over_defaults(tmp_path):
+    path = tmp_path / "conf.yaml"
+    path.write_text("top_k: 5\nmetamodel:\n  C: 0.5\n")
+    config = load_config(path)
+    assert config["top_k"] == 5
+    assert config["metamodel"]["C"] == 0.5
+    assert config["metamodel"]["negatives_per_purchase"] == 5  # untouched default
+
+
+def test_unknown_setting_is_named(tmp_path):
+    path = tmp_path / "conf.yaml"
+    path.write_text("metamodel:\n  negative_per_purchase: 3\n")
+    with pytest.raises(ConfigError, match="metamodel.negative_per_purchase"):
+        load_config(path)
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("top_k: [1,\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+
+
+def test_flatten():
+    assert flatten({"a": {"b": 1, "c": {"d": 2}}, "e": 3}) == {"a.b": 1, "a.c.d": 2, "e": 3}
