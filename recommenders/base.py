@@ -34,7 +34,8 @@ class UserHistory:
         flags = (np.concatenate(bought).astype(bool) if lengths.sum() else np.zeros(0, dtype=bool))
         shape = (len(items), n_sales)
         seen = sp.csr_matrix((np.ones(len(indices)), indices, indptr), shape=shape)
-        bought_m = sp.csr_matrix((flags.astype(float), indices, indptr), shape=shape)
+        # its own copies of indices/indptr: eliminate_zeros works in place
+        bought_m = sp.csr_matrix((flags.astype(float), indices.copy(), indptr.copy()), shape=shape)
         bought_m.eliminate_zeros()
         return cls(seen, bought_m)
 
