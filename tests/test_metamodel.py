@@ -1,0 +1,97 @@
+"""The meta-model, negative sampling, top-k selection and the ranking metrics."""
+import datetime as dt
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from salerank.metamodel.evaluation import ranking_metrics
+from salerank.metamodel.model import MetaModel
+from salerank.metamodel.ranking import RankTopK, top_k
+from salerank.metamodel.training import SampleExamples
+from salerank.recommenders import UserHistory
+from salerank.recommenders.scoring import Block
+
+
+def synthetic_examples(n=4000, seed=0):
+    """Purchases driven by 'useful' (log-linear) and not at all by 'noise'."""
+    rng = np.random.default_rng(seed)
+    useful, noise = rng.exponential(2.0, n), rng.exponential(2.0, n)
+    label = (rng.random(n) < 1 / (1 + np.exp(-(2.0 * np.log1p(useful) - 3.0)))).astype(int)
+    return pd.DataFrame({"useful": useful, "noise": noise, "label": label,
+                         "day": dt.date(2025, 1, 1)})
+
+
+def test_metamodel_learns_which_score_matters():
+    model = MetaModel(["useful", "noise"]).fit(synthetic_examples())
+    coef = model.coefficients_
+    assert coef["useful"] > 0.5 and abs(coef["noise"]) < 0.1
+    held_out = model.evaluate(synthetic_examples(seed=1))
+    assert held_out["auc"] > 0.7
+    blocks = {"useful": np.array([[0.0, 5.0]]), "noise": np.array([[3.0, 0.0]])}
+    probability = model.score_blocks(blocks)
+    assert probability.shape == (1, 2) and probability[0, 1] > probability[0, 0]
+
+
+def test_model_version_is_a_content_hash():
+    a = MetaModel(["useful", "noise"]).fit(synthetic_examples())
+    b = MetaModel(["useful", "noise"]).fit(synthetic_examples())
+    c = MetaModel(["useful", "noise"], C=0.001).fit(synthetic_examples())
+    assert a.version_ == b.version_ != c.version_
+
+
+def test_metamodel_refuses_a_single_class():
+    examples = synthetic_examples().assign(label=1)
+    with pytest.raises(ValueError, match="only one class"):
+        MetaModel(["useful", "noise"]).fit(examples)
+
+
+def test_top_k_breaks_ties_by_sale_order():
+    scores = np.array([[1.0, 3.0, 3.0, 0.0, 3.0], [0.0, 0.0, 0.0, 0.0, 1.0]])
+    np.testing.assert_array_equal(top_k(scores, 3), [[1, 2, 4], [4, 0, 1]])
+
+
+def block(bought_before=()):
+    """Two users, five open sales (catalogue indices 10..14); user a bought sale 11 before."""
+    open_idx = np.arange(10, 15)
+    items = [np.array([11, 3]), np.array([3])]
+    flags = [np.array([True, False]), np.array([False])]
+    scores = {"x": np.array([[5, 4, 3, 2, 1], [1, 2, 3, 4, 5]], dtype=float)}
+    users = pd.DataFrame({"user_id": ["a", "b"], "positives": [np.array([12]), np.array([10, 14])]})
+    return Block(users, UserHistory.from_lists(items, flags, 20), scores, open_idx,
+                 np.array([f"s{i}" for i in open_idx]))
+
+
+def test_sampled_negatives_are_open_unbought_and_reproducible():
+    emit = SampleExamples(dt.date(2025, 1, 3), negatives_per_purchase=2, seed=3)
+    first, again = emit(block()), emit(block())
+    pd.testing.assert_frame_equal(first, again)
+    a, b = first[first.user_id == "a"], first[first.user_id == "b"]
+    assert a[a.label == 1].sale_id.tolist() == ["s12"]
+    # a bought s11 before and s12 today: neither is a negative
+    assert len(a[a.label == 0]) == 2 and not set(a[a.label == 0].sale_id) & {"s11", "s12"}
+    assert sorted(b[b.label == 1].sale_id) == ["s10", "s14"]
+    assert len(b[b.label == 0]) == 3  # up to 2 per purchase: only 3 unbought sales are left
+    assert (a.set_index("sale_id").x == pd.Series({"s10": 5, "s11": 4, "s12": 3, "s13": 2, "s14": 1})
+            .reindex(a.sale_id).values).all()
+    other_seed = SampleExamples(dt.date(2025, 1, 3), 2, seed=4)(block())
+    assert len(other_seed) == len(first)
+
+
+def test_rank_top_k_skips_what_was_bought():
+    ranked = RankTopK(None, k=3, strategies=("x",))(block())
+    a = ranked[ranked.user_id == "a"]
+    assert a.sale_id.tolist() == ["s10", "s12", "s13"] and a["rank"].tolist() == [1, 2, 3]
+    assert ranked[ranked.user_id == "b"].sale_id.tolist() == ["s14", "s13", "s12"]
+
+
+def test_ranking_metrics_by_hand():
+    recommended = pd.DataFrame({
+        "strategy": ["m"] * 4, "user_id": ["a", "a", "b", "b"], "rank": [1, 2, 1, 2],
+        "sale_id": ["s1", "s2", "s3", "s4"]})
+    bought = pd.DataFrame({"user_id": ["a", "b", "b"], "sale_id": ["s2", "s9", "s8"]})
+    row = ranking_metrics(recommended, bought, k=2).loc["m"]
+    assert row["precision@2"] == pytest.approx((1 / 2 + 0) / 2)
+    assert row["recall@2"] == pytest.approx((1 + 0) / 2)
+    assert row["ndcg@2"] == pytest.approx((1 / np.log2(3)) / 1 / 2)
+    assert row["users"] == 2
