@@ -27,6 +27,12 @@ class Catalog:
 
     sales: pd.DataFrame  # sale_id, open_date, close_date, [destination, category, price], idx
     index: DataFrame  # Spark: sale_id -> sale_idx, for joining events
+    themes: np.ndarray | None = None  # sales x image themes, rows in idx order
+
+    def with_themes(self, sale_themes: pd.DataFrame) -> Catalog:
+        """This catalogue with each sale's image-theme weights (0 for sales without photos)."""
+        aligned = sale_themes.reindex(self.sales["sale_id"]).fillna(0.0).to_numpy()
+        return Catalog(self.sales, self.index, aligned)
 
     @classmethod
     def from_tables(cls, spark: SparkSession, tables: Tables) -> Catalog:

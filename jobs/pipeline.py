@@ -23,10 +23,12 @@ from pyspark.sql import functions as F
 from .. import recommenders as recs
 from ..conf import flatten
 from ..features.history import Catalog, ScoringContext
+from ..features.themes import fit_themes
+from ..image_labelling.stage import tag_images
 from ..features.loading import load_tables
 from ..metamodel.evaluation import ranking_metrics
 from ..metamodel.ranking import METAMODEL, RANKING_SCHEMA, RankTopK
-from ..metamodel.training import train_metamodel, training_examples
+from ..metamodel.training import TrainingDataError, train_metamodel, training_examples
 from ..recommenders.scoring import score_users
 from .publish import publish_parquet
 from .tracking import start_run
@@ -87,12 +89,17 @@ def run_nightly(spark: SparkSession, data_dir: str, run_date: dt.date, out_dir: 
             context = ScoringContext.build(tables, catalog, run_date)
             active = context.active_users(config["active_lookback_days"]).cache()
             n_active, n_open = active.count(), len(context.open_idx)
+        with_images = bool(config["image_labelling"]["enabled"] and tables.row_counts.get("sale_images"))
+        if with_images:
+            with stages("images"):
+                catalog = catalog.with_themes(_images(tables, data_dir, out_dir, run_date, config))
+                context = ScoringContext.build(tables, catalog, run_date)
         mlflow.set_tags({"data_fingerprint": tables.fingerprint, "run_date": str(run_date)})
         mlflow.log_metrics({f"rows_{name}": float(n) for name, n in tables.row_counts.items()})
         mlflow.log_metrics({"active_users": float(n_active), "open_sales": float(n_open)})
         log.info("%d active users, %d sales open on %s", n_active, n_open, run_date)
         model, metrics, rankings = None, None, None
-        prototypes = recs.from_config(config)
+        prototypes = recs.from_config(config, with_images=with_images)
         output = recommendations_path(out_dir, run_date)
         if n_active and n_open:
             with stages("train"):
@@ -123,6 +130,43 @@ def run_nightly(spark: SparkSession, data_dir: str, run_date: dt.date, out_dir: 
         return NightlyResult(run_date, output, rows, n_active, n_open,
                              model.version_ if model else None, metrics, stages.seconds,
                              run.info.run_id, rankings)
+
+
+def _images(tables, data_dir, out_dir, run_date, config) -> pd.DataFrame:
+    """Tag the photos (cached by content and model version), publish the tags and the
+    themes of the night, and return each sale's theme weights."""
+    spark = tables.sales.sparkSession
+    cache_path = str(Path(out_dir) / "image_cache")
+    cache = spark.read.parquet(cache_path) if Path(cache_path).exists() else None
+    result = tag_images(tables.sale_images, tables.image_labels, str(data_dir), cache, config, config["seed"])
+    for path, reason in result.failures[:20]:
+        log.warning("image skipped: %s: %s", path, reason)
+    if len(result.failures) > 20:
+        log.warning("... and %d more images skipped", len(result.failures) - 20)
+    night = f"run_date={run_date.isoformat()}"
+    publish_parquet(result.tags, str(Path(out_dir) / "image_tags" / night))
+    tags = result.tags.toPandas()
+    publish_parquet(result.cache, cache_path)  # after the last read of the old cache
+    mlflow.set_tag("tagger_version", result.model_version)
+    mlflow.log_metric("images_skipped", float(len(result.failures)))
+    if result.metrics:
+        mlflow.log_metrics({f"tagger_{k}": v for k, v in result.metrics.items() if k != "per_tag"})
+        mlflow.log_dict(result.metrics["per_tag"], "tagger_per_tag.json")
+    if tags.empty:
+        raise TrainingDataError("no sale photo could be tagged: see the skipped images above")
+    themes = fit_themes(tags, config["image_labelling"]["themes"], config["seed"])
+    long = themes.sale_themes.reset_index().melt(id_vars="sale_id", var_name="theme", value_name="weight")
+    base = Path(out_dir) / "themes" / night
+    publish_parquet(spark.createDataFrame(long[long["weight"] > 0]), str(base / "sale_themes"))
+    publish_parquet(spark.createDataFrame(themes.theme_tags), str(base / "theme_tags"))
+    examples = (tags.drop_duplicates("sale_id").set_index("sale_id")["image_path"])
+    table = themes.theme_tags.groupby("theme")["tag"].apply(" ".join).to_frame("top_tags")
+    table["example_images"] = [" ".join(examples.reindex(themes.sale_themes[t].nlargest(3).index).dropna())
+                               for t in table.index]
+    mlflow.log_text(table.to_csv(), "themes.csv")
+    mlflow.sklearn.log_model(themes.model, name="themes_nmf", pip_requirements=["scikit-learn"])
+    log.info("%d themes: %s", len(themes.names), ", ".join(themes.names))
+    return themes.sale_themes
 
 
 def _train(tables, catalog, prototypes, run_date, config):

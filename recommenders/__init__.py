@@ -3,15 +3,20 @@ import copy
 
 from .base import Recommender, UserHistory
 from .content import ContentBased
+from .image_themes import ImageThemes
 from .item_cf import ItemCF
 from .popularity import Popularity
 
 
-def from_config(config: dict) -> list[Recommender]:
-    """The recommenders the meta-model combines, configured from ``config['recommenders']``."""
+def from_config(config: dict, with_images: bool = False) -> list[Recommender]:
+    """The recommenders the meta-model combines, configured from ``config['recommenders']``;
+    image themes only when the catalogue has them."""
     settings = config["recommenders"]
-    return [Popularity(**settings["popularity"]), ItemCF(**settings["item_cf"]),
-            ContentBased(**settings["content"])]
+    chosen = [Popularity(**settings["popularity"]), ItemCF(**settings["item_cf"]),
+              ContentBased(**settings["content"])]
+    if with_images:
+        chosen.append(ImageThemes(**settings["image_themes"]))
+    return chosen
 
 
 def fit_all(recommenders: list[Recommender], context) -> list[Recommender]:
@@ -19,5 +24,5 @@ def fit_all(recommenders: list[Recommender], context) -> list[Recommender]:
     return [copy.deepcopy(r).fit(context) for r in recommenders]
 
 
-__all__ = ["Recommender", "UserHistory", "Popularity", "ItemCF", "ContentBased", "from_config",
-           "fit_all"]
+__all__ = ["Recommender", "UserHistory", "Popularity", "ItemCF", "ContentBased", "ImageThemes",
+           "from_config", "fit_all"]

@@ -64,7 +64,7 @@ def test_quick_evaluation_against_the_days_purchases(world, night):
     day = world.last_date.isoformat()
     buyers = set(world.purchases[world.purchases.ts.str[:10] == day].user_id) & set(
         result.rankings.user_id)
-    assert set(result.metrics.index) == {"metamodel", "popularity", "item_cf", "content"}
+    assert set(result.metrics.index) == {"metamodel", "popularity", "item_cf", "content", "image_themes"}
     assert (result.metrics["users"] == len(buyers)).all() and len(buyers) > 0
     assert result.metrics[["precision@10", "recall@10", "ndcg@10"]].stack().between(0, 1).all()
 
@@ -79,17 +79,35 @@ def test_run_is_recorded_in_mlflow(night):
     assert run.data.params["metamodel.train_days"] == "6"
     assert run.data.metrics["metamodel.ndcg_at_10"] == pytest.approx(result.metrics.loc["metamodel", "ndcg@10"])
     assert "validation_auc" in run.data.metrics
-    assert mlflow.sklearn.load_model(f"runs:/{run.info.run_id}/metamodel").predict_proba([[1, 1, 1]]).shape == (1, 2)
+    assert mlflow.sklearn.load_model(f"runs:/{run.info.run_id}/metamodel").predict_proba([[1, 1, 1, 1]]).shape == (1, 2)
 
 
-def test_cli_rerun_gives_identical_recommendations(spark, world, world_dir, night, conf_file, tmp_path):
+def test_photos_are_tagged_with_their_scenes_and_themes_published(spark, world, night):
     result, out = night
-    code = main(["nightly", "--data", str(world_dir / "data"), "--date", str(world.last_date),
-                 "--out", str(tmp_path), "--conf", str(conf_file)])
-    assert code == 0
+    night_dir = f"run_date={world.last_date}"
+    tags = pd.read_parquet(out / "image_tags" / night_dir)
+    assert list(tags.columns) == ["sale_id", "image_path", "tag", "probability", "rank", "model_version"]
+    assert set(tags.image_path) == set(world.sale_images.image_path)
+    assert tags.groupby("image_path")["rank"].apply(sorted).map(lambda r: r == [1, 2, 3, 4, 5]).all()
+    # the head was trained on the hand labels: its top tag is the photo's true scene
+    top = tags[tags["rank"] == 1].merge(world.photo_scenes, on="image_path")
+    assert (top.tag == top.theme).mean() > 0.9
+    sale_themes = pd.read_parquet(out / "themes" / night_dir / "sale_themes")
+    theme_tags = pd.read_parquet(out / "themes" / night_dir / "theme_tags")
+    assert set(sale_themes.sale_id) == set(world.sales.sale_id)
+    assert theme_tags.theme.nunique() == 8 and (theme_tags.weight >= 0).all()
+
+
+def test_rerun_of_a_night_is_identical_and_reuses_the_image_cache(world, world_dir, night, conf_file, caplog):
+    result, out = night
     relative = f"recommendations/run_date={world.last_date}"
     first = pd.read_parquet(out / relative).sort_values(["user_id", "rank"]).reset_index(drop=True)
-    again = pd.read_parquet(tmp_path / relative).sort_values(["user_id", "rank"]).reset_index(drop=True)
+    with caplog.at_level("INFO", logger="salerank"):
+        code = main(["nightly", "--data", str(world_dir / "data"), "--date", str(world.last_date),
+                     "--out", str(out), "--conf", str(conf_file)])
+    assert code == 0
+    assert "0 images tagged now, the others from the cache" in caplog.text
+    again = pd.read_parquet(out / relative).sort_values(["user_id", "rank"]).reset_index(drop=True)
     pd.testing.assert_frame_equal(first, again)
 
 

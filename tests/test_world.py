@@ -32,5 +32,17 @@ def test_purchases_follow_the_true_utility(world):
 
 def test_written_world_keeps_truth_apart(world, world_dir):
     assert sorted(p.name for p in (world_dir / "data").iterdir()) == sorted(
-        f"{t}.csv" for t in world.tables)
-    assert {p.name for p in (world_dir / "truth").iterdir()} == {"users.parquet", "sales.parquet"}
+        [f"{t}.csv" for t in world.tables] + ["images"])
+    assert {p.name for p in (world_dir / "truth").iterdir()} == {
+        "users.parquet", "sales.parquet", "photos.parquet"}
+    assert len(list((world_dir / "data" / "images").iterdir())) == len(world.sale_images)
+
+
+def test_every_sale_has_photos_of_its_themes(world):
+    photos = world.sale_images.merge(world.photo_scenes, on="image_path")
+    assert set(photos.sale_id) == set(world.sales.sale_id)
+    assert photos.groupby("sale_id").size().between(1, 3).all()
+    truth = world.sale_truth.set_index("sale_id")
+    assert all(truth.at[r.sale_id, f"theme_{r.theme}"] > 0 for r in photos.itertuples())
+    labelled = world.image_labels.merge(world.photo_scenes, on="image_path")
+    assert 0.2 < len(labelled) / len(photos) < 0.4 and (labelled.tag == labelled.theme).all()

@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .photos import render
+
 THEMES = ("beach", "pool", "ski", "city", "countryside", "spa", "mountains", "forest")
 # Destination -> the themes its sales show.  Themes overlap across destinations, so the
 # destination alone does not give a sale's themes away.
@@ -57,6 +59,8 @@ class WorldConfig:
     max_duration: int = 10
     start_date: dt.date = dt.date(2025, 3, 1)
     mean_visits_per_session: float = 3.0
+    max_photos_per_sale: int = 3
+    labelled_fraction: float = 0.3  # of photos that carry a hand label (their scene)
 
 
 @dataclass
@@ -71,7 +75,10 @@ class World:
     purchases: pd.DataFrame
     user_truth: pd.DataFrame
     sale_truth: pd.DataFrame
-    tables: tuple[str, ...] = field(default=("sales", "sale_images", "users", "visits", "purchases"))
+    image_labels: pd.DataFrame
+    photo_scenes: pd.DataFrame  # image_path, theme, seed: what each photo shows (truth)
+    tables: tuple[str, ...] = field(
+        default=("sales", "sale_images", "users", "visits", "purchases", "image_labels"))
 
     @property
     def last_date(self) -> dt.date:
@@ -86,6 +93,10 @@ class World:
             getattr(self, name).to_csv(out_dir / "data" / f"{name}.csv", index=False)
         self.user_truth.to_parquet(out_dir / "truth" / "users.parquet", index=False)
         self.sale_truth.to_parquet(out_dir / "truth" / "sales.parquet", index=False)
+        self.photo_scenes.to_parquet(out_dir / "truth" / "photos.parquet", index=False)
+        (out_dir / "data" / "images").mkdir(exist_ok=True)
+        for path, theme, seed in self.photo_scenes.itertuples(index=False):
+            render(theme, np.random.default_rng(seed)).save(out_dir / "data" / path, quality=90)
         return out_dir / "data"
 
 
@@ -95,8 +106,9 @@ def generate_world(config: WorldConfig = WorldConfig(), seed: int = 42) -> World
     sales, sale_truth = _make_sales(config, rng)
     users, user_truth = _make_users(config, rng, sales)
     visits, purchases = _simulate(config, rng, sales, user_truth, sale_truth)
-    sale_images = pd.DataFrame({"sale_id": pd.Series(dtype=str), "image_path": pd.Series(dtype=str)})
-    return World(config, sales, sale_images, users, visits, purchases, user_truth, sale_truth)
+    sale_images, image_labels, photo_scenes = _make_photos(config, rng, sale_truth)
+    return World(config, sales, sale_images, users, visits, purchases, user_truth, sale_truth,
+                 image_labels, photo_scenes)
 
 
 def utility(user_truth: pd.DataFrame, sale_truth: pd.DataFrame) -> np.ndarray:
@@ -155,6 +167,23 @@ def _make_sales(config: WorldConfig, rng: np.random.Generator) -> tuple[pd.DataF
     truth["destination"] = sales["destination"].to_numpy()
     truth["price"] = sales["price"].to_numpy()
     return sales, truth
+
+
+def _make_photos(config: WorldConfig, rng: np.random.Generator,
+                 sale_truth: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """1..max photos per sale, each of one of the sale's themes drawn by its weight."""
+    weights = sale_truth[[f"theme_{t}" for t in THEMES]].to_numpy()
+    rows = []
+    for sale_id, w in zip(sale_truth["sale_id"], weights):
+        for position in range(int(rng.integers(1, config.max_photos_per_sale + 1))):
+            theme = THEMES[rng.choice(len(THEMES), p=w)]
+            rows.append((sale_id, f"images/{sale_id}_{position}.jpg", position, theme,
+                         int(rng.integers(2**31))))
+    photos = pd.DataFrame(rows, columns=["sale_id", "image_path", "position", "theme", "seed"])
+    labelled = rng.random(len(photos)) < config.labelled_fraction
+    image_labels = photos.loc[labelled, ["image_path", "theme"]].rename(columns={"theme": "tag"})
+    return (photos[["sale_id", "image_path", "position"]], image_labels.reset_index(drop=True),
+            photos[["image_path", "theme", "seed"]])
 
 
 def _make_users(config: WorldConfig, rng: np.random.Generator,

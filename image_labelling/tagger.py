@@ -1,0 +1,200 @@
+"""The image tagger: a multi-label head on the frozen backbone's pooled embedding.
+
+Each tag is an independent sigmoid output (a photo may show a pool *and* the sea).  Rare
+tags are weighted up in the loss (positive weight = negatives / positives per tag, capped)
+so that they are not drowned by frequent ones.  Without hand labels, the backbone's own
+ImageNet classes serve as tags (:class:`ImageNetTagger`).
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .backbone import BACKBONES, load_backbone, preprocess
+from .classes import imagenet_class_names
+
+
+@dataclass
+class ImageFailure:
+    path: str
+    reason: str
+
+
+@dataclass
+class Embeddings:
+    """Pooled backbone embeddings of the images that could be read, and why others could not."""
+
+    paths: list[str]
+    vectors: np.ndarray  # (n, 1280)
+    logits: np.ndarray  # (n, 1000) ImageNet logits, for the ImageNet tagger
+    failures: list[ImageFailure] = field(default_factory=list)
+
+
+class Backbone:
+    """The frozen backbone, loaded once: image files -> embeddings and ImageNet logits."""
+
+    def __init__(self, name: str = "efficientnet-lite0", cache_dir: str | Path | None = None,
+                 batch_size: int = 32):
+        import keras
+
+        self.name = name
+        self.batch_size = batch_size
+        self.image_size = BACKBONES[name].image_size
+        network = load_backbone(name, cache_dir)
+        self.model_ = keras.Model(network.input, [network.get_layer("embedding").output, network.output])
+
+    def read(self, paths: list[str]) -> tuple[list[str], np.ndarray, list[ImageFailure]]:
+        """Decode and preprocess the images; unreadable ones are reported, not raised."""
+        from PIL import Image, UnidentifiedImageError
+
+        ok, arrays, failures = [], [], []
+        for path in paths:
+            try:
+                with Image.open(path) as image:
+                    arrays.append(preprocess(image, self.image_size))
+                ok.append(path)
+            except FileNotFoundError:
+                failures.append(ImageFailure(str(path), "file not found"))
+            except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+                failures.append(ImageFailure(str(path), f"not a readable image ({err})"))
+        shape = (0, self.image_size, self.image_size, 3)
+        return ok, np.stack(arrays) if arrays else np.zeros(shape, np.float32), failures
+
+    def embed_arrays(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if len(batch) == 0:
+            return np.zeros((0, 1280), np.float32), np.zeros((0, 1000), np.float32)
+        vectors, logits = [], []
+        for start in range(0, len(batch), self.batch_size):
+            v, lg = self.model_(batch[start:start + self.batch_size], training=False)
+            vectors.append(np.asarray(v))
+            logits.append(np.asarray(lg))
+        return np.concatenate(vectors), np.concatenate(logits)
+
+    def embed(self, paths: list[str]) -> Embeddings:
+        ok, vectors, logits, failures = [], [], [], []
+        for start in range(0, len(paths), self.batch_size * 4):
+            read, arrays, failed = self.read(paths[start:start + self.batch_size * 4])
+            v, lg = self.embed_arrays(arrays)
+            ok += read
+            vectors.append(v)
+            logits.append(lg)
+            failures += failed
+        if not vectors:
+            vectors, logits = [np.zeros((0, 1280), np.float32)], [np.zeros((0, 1000), np.float32)]
+        return Embeddings(ok, np.concatenate(vectors), np.concatenate(logits), failures)
+
+
+class ImageTagger:
+    """Multi-label head trained on embeddings.
+
+    Parameters
+    ----------
+    epochs, batch_size, learning_rate : training of the head (Adam).
+    l2 : weight decay of the head's kernel.
+    max_positive_weight : cap of the per-tag weight of positives.
+    seed : makes training reproducible.
+    """
+
+    def __init__(self, epochs: int = 60, batch_size: int = 64, learning_rate: float = 1e-3,
+                 l2: float = 1e-4, max_positive_weight: float = 10.0, seed: int = 42):
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.l2 = l2
+        self.max_positive_weight = max_positive_weight
+        self.seed = seed
+
+    def fit(self, vectors: np.ndarray, labels: list[set[str]]) -> ImageTagger:
+        import keras
+        from keras import ops
+
+        self.tags_ = sorted(set().union(*labels))
+        y = self.label_matrix(labels)
+        positives = y.sum(axis=0)
+        self.positive_weight_ = np.minimum((len(y) - positives) / np.maximum(positives, 1),
+                                           self.max_positive_weight).astype(np.float32)
+        weight = ops.convert_to_tensor(self.positive_weight_)
+
+        def weighted_bce(y_true, y_pred):
+            p = ops.clip(y_pred, 1e-7, 1 - 1e-7)
+            loss = -(weight * y_true * ops.log(p) + (1 - y_true) * ops.log(1 - p))
+            return ops.mean(loss, axis=-1)
+
+        keras.utils.set_random_seed(self.seed)
+        head = keras.Sequential([
+            keras.Input((vectors.shape[1],)),
+            keras.layers.Dropout(0.2, seed=self.seed),
+            keras.layers.Dense(len(self.tags_), activation="sigmoid",
+                               kernel_regularizer=keras.regularizers.L2(self.l2)),
+        ])
+        head.compile(optimizer=keras.optimizers.Adam(self.learning_rate), loss=weighted_bce)
+        head.fit(vectors, y, epochs=self.epochs, batch_size=self.batch_size, shuffle=True, verbose=0)
+        self.head_ = head
+        return self
+
+    def label_matrix(self, labels: list[set[str]]) -> np.ndarray:
+        index = {t: i for i, t in enumerate(self.tags_)}
+        y = np.zeros((len(labels), len(self.tags_)), np.float32)
+        for row, tags in enumerate(labels):
+            y[row, [index[t] for t in tags if t in index]] = 1.0
+        return y
+
+    def predict_proba(self, vectors: np.ndarray) -> np.ndarray:
+        if len(vectors) == 0:
+            return np.zeros((0, len(self.tags_)), np.float32)
+        return np.asarray(self.head_(vectors, training=False))
+
+    @property
+    def version_(self) -> str:
+        digest = hashlib.sha256()
+        for array in self.head_.get_weights():
+            digest.update(np.ascontiguousarray(array).tobytes())
+        digest.update("|".join(self.tags_).encode())
+        return "tagger-" + digest.hexdigest()[:12]
+
+
+class ImageNetTagger:
+    """The ImageNet classes themselves as tags (no hand labels needed)."""
+
+    version_ = "imagenet-classes"
+
+    def __init__(self):
+        self.tags_ = imagenet_class_names()
+
+    def predict_proba_from_logits(self, logits: np.ndarray) -> np.ndarray:
+        shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+def top_tags(probability: np.ndarray, tags: list[str], k: int) -> list[list[tuple[str, float]]]:
+    """Each row's ``k`` most probable tags, best first (ties by tag order)."""
+    order = np.argsort(-probability, axis=1, kind="stable")[:, :k]
+    return [[(tags[j], float(probability[i, j])) for j in row] for i, row in enumerate(order)]
+
+
+def tagging_metrics(probability: np.ndarray, y: np.ndarray, tags: list[str],
+                    threshold: float = 0.5) -> dict:
+    """Per-tag precision, recall and average precision; micro and macro F1; and top-1
+    accuracy (the most probable tag is one of the image's tags)."""
+    from sklearn.metrics import average_precision_score, f1_score, precision_score, recall_score
+
+    predicted = (probability >= threshold).astype(int)
+    per_tag = {}
+    for j, tag in enumerate(tags):
+        if y[:, j].sum() == 0:
+            continue
+        per_tag[tag] = {
+            "precision": float(precision_score(y[:, j], predicted[:, j], zero_division=0)),
+            "recall": float(recall_score(y[:, j], predicted[:, j], zero_division=0)),
+            "average_precision": float(average_precision_score(y[:, j], probability[:, j])),
+        }
+    top1 = y[np.arange(len(y)), probability.argmax(axis=1)] > 0
+    return {
+        "top1_accuracy": float(top1.mean()),
+        "micro_f1": float(f1_score(y, predicted, average="micro", zero_division=0)),
+        "macro_f1": float(f1_score(y, predicted, average="macro", zero_division=0)),
+        "per_tag": per_tag,
+    }

