@@ -46,6 +46,17 @@ def build_parser() -> argparse.ArgumentParser:
     nightly.add_argument("--date", required=True, type=_date, help="run date, YYYY-MM-DD")
     nightly.add_argument("--out", required=True, help="output folder")
     nightly.add_argument("--conf", help="YAML configuration merged over conf/default.yaml")
+
+    label = commands.add_parser(
+        "label-next", help="propose the next photos to hand-label (active learning)",
+        description="Rank the sale photos that have no hand label by how much labelling them "
+                    "should teach the tagger (its uncertainty, weighted by how typical the photo "
+                    "is of the unlabelled pool) and print the best N as CSV: add their tags to "
+                    "image_labels.")
+    label.add_argument("--data", required=True, help="input folder in the data contract")
+    label.add_argument("--n", type=int, default=50, help="photos to propose (default 50)")
+    label.add_argument("--out", help="write the CSV here instead of standard output")
+    label.add_argument("--conf", help="YAML configuration merged over conf/default.yaml")
     return parser
 
 
@@ -55,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "demo":
             return run_demo(args)
+        if args.command == "label-next":
+            return run_label_next(args)
         return run_nightly_command(args)
     except INPUT_ERRORS as err:
         print(f"salerank {args.command}: error: {err}", file=sys.stderr)
@@ -95,4 +108,41 @@ def run_demo(args) -> int:
         truth = truth_metrics(result.rankings, world.user_truth, world.sale_truth, open_ids, config["top_k"])
         print(f"\nagainst the world's true preferences:\n{truth.round(4).to_string()}")
     print(f"\nMLflow: mlflow ui --backend-store-uri sqlite:///{Path(args.out).resolve() / 'mlflow.db'} --workers 1")
+    return 0
+
+
+def run_label_next(args) -> int:
+    import os
+
+    import numpy as np
+    import pandas as pd
+
+    from ..features.loading import load_tables
+    from ..image_labelling.active_learning import propose
+    from ..image_labelling.stage import train_tagger
+    from ..image_labelling.tagger import Backbone
+    from .spark import get_spark
+
+    config = load_config(args.conf)
+    if not Path(args.data).is_dir():
+        raise ConfigError(f"--data {args.data}: no such folder")
+    tables = load_tables(get_spark(config), args.data)
+    photos = sorted(tables.sale_images.select("image_path").distinct().toPandas()["image_path"])
+    labels = tables.image_labels.toPandas() if tables.image_labels is not None else pd.DataFrame(
+        columns=["image_path", "tag"])
+    unlabelled = [p for p in photos if p not in set(labels["image_path"])]
+    settings = config["image_labelling"]
+    backbone = Backbone(settings["backbone"], settings["weights_cache_dir"])
+    pool = backbone.embed([os.path.join(args.data, p) for p in unlabelled])
+    for failure in pool.failures:
+        print(f"salerank label-next: skipped {failure.path}: {failure.reason}", file=sys.stderr)
+    if len(labels):
+        tagger, _ = train_tagger(backbone, labels, args.data, config["seed"])
+        probability = tagger.predict_proba(pool.vectors)
+    else:  # no labels yet: every photo is equally uncertain, so density alone decides
+        probability = np.full((len(pool.paths), 1), 0.5)
+    best, scores = propose(probability, pool.vectors, args.n, seed=config["seed"])
+    relative = [os.path.relpath(p, args.data) for p in pool.paths]
+    table = pd.DataFrame({"image_path": np.array(relative)[best], "score": scores[best]})
+    table.to_csv(args.out or sys.stdout, index=False)
     return 0

@@ -1,0 +1,35 @@
+"""Active learning: uncertain photos typical of the pool come first."""
+import numpy as np
+import pandas as pd
+import pytest
+
+from salerank.image_labelling.active_learning import density, propose, uncertainty
+
+
+def test_uncertainty_peaks_at_one_half():
+    u = uncertainty(np.array([[0.5, 0.5], [0.99, 0.01], [0.5, 0.01]]))
+    assert u[0] == pytest.approx(1.0) and u[1] < 0.1 and u[1] < u[2] < u[0]
+
+
+def test_outliers_are_not_proposed_over_typical_uncertain_photos():
+    rng = np.random.default_rng(0)
+    cluster = rng.normal(0, 0.05, (50, 8)) + np.eye(8)[0]
+    outlier = np.eye(8)[[7]]
+    embeddings = np.vstack([cluster, outlier])
+    assert density(embeddings)[-1] < density(embeddings)[:-1].min()
+    probability = np.full((51, 3), 0.9)
+    probability[10] = probability[-1] = 0.5  # equally uncertain: the typical one wins
+    best, scores = propose(probability, embeddings, n=2)
+    assert best[0] == 10 and scores[10] > scores[-1]
+
+
+@pytest.mark.slow
+def test_label_next_proposes_unlabelled_photos(world, world_dir, tmp_path):
+    from salerank.jobs.cli import main
+
+    out = tmp_path / "next.csv"
+    assert main(["label-next", "--data", str(world_dir / "data"), "--n", "5", "--out", str(out)]) == 0
+    proposed = pd.read_csv(out)
+    assert len(proposed) == 5 and proposed.score.is_monotonic_decreasing
+    assert not set(proposed.image_path) & set(world.image_labels.image_path)
+    assert set(proposed.image_path) <= set(world.sale_images.image_path)
