@@ -92,10 +92,14 @@ class ScoringContext:
 
     def user_histories(self, users: DataFrame) -> DataFrame:
         """``users`` (one row per user_id, any extra columns) with each user's history as
-        two aligned arrays: ``items`` (sale indices) and ``bought`` (flags); empty if none."""
-        grouped = self.interactions().groupBy("user_id").agg(
-            F.sort_array(F.collect_list(F.struct("sale_idx", "bought"))).alias("history"))
-        return (users.join(grouped, "user_id", "left")
-                .withColumn("items", F.coalesce(F.col("history.sale_idx"), F.array().cast("array<int>")))
-                .withColumn("bought", F.coalesce(F.col("history.bought"), F.array().cast("array<boolean>")))
-                .drop("history"))
+        three aligned arrays: ``items`` (sale indices), ``bought`` (flags) and ``age_days``
+        (days from the last interaction to the start of ``as_of``); empty if none."""
+        start = F.lit(self.as_of).cast("timestamp")
+        age = (F.unix_timestamp(start) - F.unix_timestamp("last_ts")) / 86400.0
+        grouped = (self.interactions().withColumn("age_days", age).groupBy("user_id").agg(
+            F.sort_array(F.collect_list(F.struct("sale_idx", "bought", "age_days"))).alias("history")))
+        empty = {"sale_idx": "array<int>", "bought": "array<boolean>", "age_days": "array<double>"}
+        joined = users.join(grouped, "user_id", "left")
+        for field, name in (("sale_idx", "items"), ("bought", "bought"), ("age_days", "age_days")):
+            joined = joined.withColumn(name, F.coalesce(F.col(f"history.{field}"), F.array().cast(empty[field])))
+        return joined.drop("history")

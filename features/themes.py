@@ -24,7 +24,7 @@ def fit_themes(image_tags: pd.DataFrame, n_themes: int, seed: int, top_tags: int
 
     A sale's tag vector is the mean over its photos of each tag's probability (tags outside
     a photo's top-k count 0); NMF factors the sale x tag matrix; each theme is named by its
-    top three tags.
+    strongest tags (up to three, each at least 30 % of the strongest).
     """
     per_image = image_tags.pivot_table(index=["sale_id", "image_path"], columns="tag",
                                        values="probability", aggfunc="sum", fill_value=0.0)
@@ -37,7 +37,8 @@ def fit_themes(image_tags: pd.DataFrame, n_themes: int, seed: int, top_tags: int
     rows, names = [], []
     for theme, loading in enumerate(model.components_):
         best = np.argsort(-loading, kind="stable")[:top_tags]
-        names.append(f"t{theme:02d}:" + "+".join(tags[best[:3]]))
+        strong = [j for j in best[:3] if loading[j] >= 0.3 * loading[best[0]]]
+        names.append(f"t{theme:02d}:" + "+".join(tags[strong]))
         rows += [(names[-1], rank + 1, tags[j], float(loading[j])) for rank, j in enumerate(best)]
     sale_themes = pd.DataFrame(weights, index=sale_tags.index, columns=names)
     theme_tags = pd.DataFrame(rows, columns=["theme", "rank", "tag", "weight"])

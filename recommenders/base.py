@@ -24,9 +24,19 @@ class UserHistory:
 
     seen: sp.csr_matrix  # visited or bought before the day
     bought: sp.csr_matrix  # bought before the day
+    age_days: np.ndarray | None = None  # days since the last interaction, aligned with seen.data
+
+    def recency(self, half_life_days: float | None) -> sp.csr_matrix:
+        """``seen`` with each interaction weighted ``0.5 ** (age / half_life)`` (1 if no half-life)."""
+        if not half_life_days or self.age_days is None:
+            return self.seen
+        weighted = self.seen.copy()
+        weighted.data = 0.5 ** (self.age_days / half_life_days)
+        return weighted
 
     @classmethod
-    def from_lists(cls, items: list[np.ndarray], bought: list[np.ndarray], n_sales: int) -> UserHistory:
+    def from_lists(cls, items: list[np.ndarray], bought: list[np.ndarray], n_sales: int,
+                   age_days: list[np.ndarray] | None = None) -> UserHistory:
         lengths = np.fromiter((len(x) for x in items), dtype=np.int64, count=len(items))
         indptr = np.concatenate([[0], np.cumsum(lengths)])
         indices = (np.concatenate(items).astype(np.int32) if lengths.sum()
@@ -37,7 +47,10 @@ class UserHistory:
         # its own copies of indices/indptr: eliminate_zeros works in place
         bought_m = sp.csr_matrix((flags.astype(float), indices.copy(), indptr.copy()), shape=shape)
         bought_m.eliminate_zeros()
-        return cls(seen, bought_m)
+        ages = None
+        if age_days is not None:
+            ages = (np.concatenate(age_days).astype(float) if lengths.sum() else np.zeros(0))
+        return cls(seen, bought_m, ages)
 
     def __len__(self) -> int:
         return self.seen.shape[0]

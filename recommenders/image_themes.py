@@ -3,7 +3,8 @@
 A sale's theme vector comes from its photos (NMF over the tagger's tags), so a sale scores
 on its very first day, before anyone has visited it.  A user's profile is the weighted mean
 of the theme vectors of the sales they visited (``visit_weight``) and bought (plus
-``purchase_weight``).
+``purchase_weight``), each interaction's weight halved every ``half_life_days`` (tastes
+drift; None turns the decay off).
 """
 from __future__ import annotations
 
@@ -15,9 +16,11 @@ from .base import Recommender, UserHistory
 class ImageThemes(Recommender):
     name = "image_themes"
 
-    def __init__(self, visit_weight: float = 1.0, purchase_weight: float = 3.0):
+    def __init__(self, visit_weight: float = 1.0, purchase_weight: float = 3.0,
+                 half_life_days: float | None = 30.0):
         self.visit_weight = visit_weight
         self.purchase_weight = purchase_weight
+        self.half_life_days = half_life_days
 
     def fit(self, context) -> ImageThemes:
         themes = context.catalog.themes
@@ -30,7 +33,8 @@ class ImageThemes(Recommender):
         return self
 
     def score(self, history: UserHistory) -> np.ndarray:
-        weights = self.visit_weight * history.seen + self.purchase_weight * history.bought
+        decay = history.recency(self.half_life_days)
+        weights = self.visit_weight * decay + self.purchase_weight * history.bought.multiply(decay)
         profile = np.asarray(weights @ self.themes_)
         totals = profile.sum(axis=1, keepdims=True)
         profile = np.divide(profile, totals, out=np.zeros_like(profile), where=totals > 0)

@@ -33,3 +33,15 @@ def test_image_themes_scores_new_sales_by_the_users_theme_profile():
                                      [np.array([True, False]), np.array([False]), np.array([], dtype=bool)], 4)
     # user 0: beach weight 1+3, ski 1 -> profile (0.8, 0.2); user 1: ski only; user 2: nothing
     np.testing.assert_allclose(model.score(history), [[0.8, 0.2], [0.0, 1.0], [0.0, 0.0]])
+
+
+def test_theme_profile_is_recency_weighted():
+    themes = np.array([[1.0, 0.0], [0.0, 1.0]])
+    context = SimpleNamespace(catalog=SimpleNamespace(themes=themes), open_idx=np.array([0, 1]))
+    # visited the beach sale today and the ski sale 30 days ago: half the weight
+    history = UserHistory.from_lists([np.array([0, 1])], [np.array([False, False])], 2,
+                                     [np.array([0.0, 30.0])])
+    decayed = ImageThemes(half_life_days=30.0).fit(context).score(history)
+    np.testing.assert_allclose(decayed, [[2 / 3, 1 / 3]])
+    flat = ImageThemes(half_life_days=None).fit(context).score(history)
+    np.testing.assert_allclose(flat, [[0.5, 0.5]])
