@@ -143,6 +143,9 @@ def _type_table(raw: DataFrame, spec: TableSpec, file: str, errors: list[Problem
                               f"{', '.join(c for c in raw.columns if c != CORRUPT)})"))
     if missing:
         return None, 0, ""
+    # Spark matches cached data by plan: a same-path read cached earlier in this session
+    # would be served instead of the file as it is now.  Drop it first.
+    raw.unpersist(blocking=True)
     raw = raw.persist(StorageLevel.MEMORY_AND_DISK)
     kinds = {**spec.required, **{c: k for c, k in spec.optional.items() if c in raw.columns}}
     typed_cols = {c: _parse(raw[c], raw.schema[c].dataType.simpleString(), kind)
