@@ -14,7 +14,6 @@ import platform
 import time
 from pathlib import Path
 
-import numpy as np
 
 from salerank.image_labelling.tagger import Backbone, ImageTagger, tagging_metrics
 

@@ -103,3 +103,17 @@ class ScoringContext:
         for field, name in (("sale_idx", "items"), ("bought", "bought"), ("age_days", "age_days")):
             joined = joined.withColumn(name, F.coalesce(F.col(f"history.{field}"), F.array().cast(empty[field])))
         return joined.drop("history")
+
+
+def purchases_on(tables: Tables, catalog: Catalog, day: dt.date) -> DataFrame:
+    """Purchases made during ``day`` of sales open that day: ``user_id, sale_id, sale_idx``.
+
+    These are the labels of ``day`` (training positives, evaluation truth); they are never
+    features: no :class:`ScoringContext` for ``day`` contains them.
+    """
+    start = F.lit(day).cast("timestamp")
+    return (tables.purchases
+            .filter((F.col("ts") >= start) & (F.col("ts") < start + F.expr("INTERVAL 1 DAY")))
+            .join(catalog.index, "sale_id")
+            .filter(F.col("sale_idx").isin([int(i) for i in catalog.open_on(day)]))
+            .select("user_id", "sale_id", "sale_idx"))

@@ -35,6 +35,7 @@ class TaggingResult:
     failures: list[tuple[str, str]] = field(default_factory=list)  # (image_path, reason)
     model_version: str = ""
     metrics: dict = field(default_factory=dict)
+    tagger: ImageTagger | None = None  # the trained head, when there were hand labels
 
 
 def _backbone(name: str, cache_dir: str | None) -> Backbone:
@@ -80,6 +81,7 @@ def tag_images(sale_images: DataFrame, image_labels: DataFrame | None, data_dir:
     name, weights_cache, k = settings["backbone"], settings["weights_cache_dir"], settings["top_k"]
     labels = image_labels.toPandas() if image_labels is not None else pd.DataFrame()
     metrics: dict = {}
+    tagger = None
     if len(labels):
         tagger, metrics = train_tagger(_backbone(name, weights_cache), labels, data_dir, seed)
         head = [w for w in tagger.head_.get_weights()]
@@ -134,4 +136,4 @@ def tag_images(sale_images: DataFrame, image_labels: DataFrame | None, data_dir:
                .select("sale_id", "image_path", "tag", "probability", "rank", "model_version"))
     new_cache = all_tags if cache is None else cache.unionByName(fresh)
     return TaggingResult(tags_df, new_cache, list(failed.itertuples(index=False, name=None)),
-                         version, metrics)
+                         version, metrics, tagger)

@@ -77,7 +77,8 @@ def load_legacy_state_dict(path: str | Path) -> dict[str, np.ndarray]:
             raise CheckpointError(f"{path}: not a legacy PyTorch checkpoint ({err})") from None
         if magic != LEGACY_MAGIC:
             raise CheckpointError(f"{path}: not a legacy PyTorch checkpoint (bad magic number)")
-        _protocol, _sys_info = pickle.load(f), pickle.load(f)
+        pickle.load(f)  # protocol version
+        pickle.load(f)  # system info (endianness, type sizes)
         state = _SafeUnpickler(f).load()
         keys = _SafeUnpickler(f).load()
         buffers = {}

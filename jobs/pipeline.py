@@ -22,7 +22,7 @@ from pyspark.sql import functions as F
 
 from .. import recommenders as recs
 from ..conf import flatten
-from ..features.history import Catalog, ScoringContext
+from ..features.history import Catalog, ScoringContext, purchases_on
 from ..features.themes import fit_themes
 from ..image_labelling.stage import tag_images
 from ..features.loading import load_tables
@@ -151,7 +151,9 @@ def _images(tables, data_dir, out_dir, run_date, config) -> pd.DataFrame:
     mlflow.log_metric("images_skipped", float(len(result.failures)))
     if result.metrics:
         mlflow.log_metrics({f"tagger_{k}": v for k, v in result.metrics.items() if k != "per_tag"})
-        mlflow.log_dict(result.metrics["per_tag"], "tagger_per_tag.json")
+        mlflow.log_dict(result.metrics["per_tag"], "tagger/per_tag_metrics.json")
+    if result.tagger is not None:
+        _log_tagger(result.tagger, config)
     if tags.empty:
         raise TrainingDataError("no sale photo could be tagged: see the skipped images above")
     themes = fit_themes(tags, config["image_labelling"]["themes"], config["seed"])
@@ -167,6 +169,19 @@ def _images(tables, data_dir, out_dir, run_date, config) -> pd.DataFrame:
     mlflow.sklearn.log_model(themes.model, name="themes_nmf", pip_requirements=["scikit-learn"])
     log.info("%d themes: %s", len(themes.names), ", ".join(themes.names))
     return themes.sale_themes
+
+
+def _log_tagger(tagger, config) -> None:
+    """The tagger's head (Keras weights), its tags and backbone, as MLflow artifacts."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = Path(tmp) / "head.weights.h5"
+        tagger.head_.save_weights(weights)
+        mlflow.log_artifact(str(weights), "tagger")
+    mlflow.log_dict({"version": tagger.version_, "backbone": config["image_labelling"]["backbone"],
+                     "tags": tagger.tags_, "positive_weight": tagger.positive_weight_.tolist()},
+                    "tagger/tagger.json")
 
 
 def _train(tables, catalog, prototypes, run_date, config):
@@ -187,12 +202,7 @@ def _train(tables, catalog, prototypes, run_date, config):
 
 def _evaluate(tables, catalog, context, ranked, k) -> pd.DataFrame | None:
     """Score the night's rankings against the purchases made on the run date, if any."""
-    day_start = F.lit(context.as_of).cast("timestamp")
-    bought = (tables.purchases
-              .filter((F.col("ts") >= day_start) & (F.col("ts") < day_start + F.expr("INTERVAL 1 DAY")))
-              .join(catalog.index, "sale_id")
-              .filter(F.col("sale_idx").isin([int(i) for i in context.open_idx]))
-              .select("user_id", "sale_id").distinct()
+    bought = (purchases_on(tables, catalog, context.as_of).select("user_id", "sale_id").distinct()
               .join(ranked.select("user_id").distinct(), "user_id"))
     truth = bought.toPandas()
     if truth.empty:

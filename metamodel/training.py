@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from pyspark.sql import functions as F
 
-from ..features.history import Catalog, ScoringContext
+from ..features.history import Catalog, ScoringContext, purchases_on
 from ..features.loading import Tables
 from ..recommenders import Recommender, fit_all
 from ..recommenders.scoring import Block, score_users
@@ -70,11 +70,7 @@ def training_examples(tables: Tables, catalog: Catalog, recommenders: list[Recom
         context = ScoringContext.build(tables, catalog, day)
         if len(context.open_idx) == 0:
             continue
-        day_start = F.lit(day).cast("timestamp")
-        buyers = (tables.purchases
-                  .filter((F.col("ts") >= day_start) & (F.col("ts") < day_start + F.expr("INTERVAL 1 DAY")))
-                  .join(catalog.index, "sale_id")
-                  .filter(F.col("sale_idx").isin([int(i) for i in context.open_idx]))
+        buyers = (purchases_on(tables, catalog, day)
                   .groupBy("user_id").agg(F.array_sort(F.collect_set("sale_idx")).alias("positives")))
         fitted = fit_all(recommenders, context)
         frames.append(score_users(context, fitted, buyers,

