@@ -84,7 +84,7 @@ def tag_images(sale_images: DataFrame, image_labels: DataFrame | None, data_dir:
     tagger = None
     if len(labels):
         tagger, metrics = train_tagger(_backbone(name, weights_cache), labels, data_dir, seed)
-        head = [w for w in tagger.head_.get_weights()]
+        head = tagger.head_.get_weights()  # kernel, bias: applied in numpy on the workers
         tags, version = tagger.tags_, tagger.version_
     else:
         imagenet = ImageNetTagger()

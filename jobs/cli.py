@@ -130,7 +130,8 @@ def run_label_next(args) -> int:
     photos = sorted(tables.sale_images.select("image_path").distinct().toPandas()["image_path"])
     labels = tables.image_labels.toPandas() if tables.image_labels is not None else pd.DataFrame(
         columns=["image_path", "tag"])
-    unlabelled = [p for p in photos if p not in set(labels["image_path"])]
+    labelled = set(labels["image_path"])
+    unlabelled = [p for p in photos if p not in labelled]
     settings = config["image_labelling"]
     backbone = Backbone(settings["backbone"], settings["weights_cache_dir"])
     pool = backbone.embed([os.path.join(args.data, p) for p in unlabelled])

@@ -86,14 +86,13 @@ def run_nightly(spark: SparkSession, data_dir: str, run_date: dt.date, out_dir: 
             for warning in tables.warnings:
                 log.warning("data warning: %s", warning)
             catalog = Catalog.from_tables(spark, tables)
-            context = ScoringContext.build(tables, catalog, run_date)
-            active = context.active_users(config["active_lookback_days"]).cache()
-            n_active, n_open = active.count(), len(context.open_idx)
         with_images = bool(config["image_labelling"]["enabled"] and tables.row_counts.get("sale_images"))
         if with_images:
             with stages("images"):
                 catalog = catalog.with_themes(_images(tables, data_dir, out_dir, run_date, config))
-                context = ScoringContext.build(tables, catalog, run_date)
+        context = ScoringContext.build(tables, catalog, run_date)
+        active = context.active_users(config["active_lookback_days"]).cache()
+        n_active, n_open = active.count(), len(context.open_idx)
         mlflow.set_tags({"data_fingerprint": tables.fingerprint, "run_date": str(run_date)})
         mlflow.log_metrics({f"rows_{name}": float(n) for name, n in tables.row_counts.items()})
         mlflow.log_metrics({"active_users": float(n_active), "open_sales": float(n_open)})

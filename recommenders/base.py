@@ -26,13 +26,15 @@ class UserHistory:
     bought: sp.csr_matrix  # bought before the day
     age_days: np.ndarray | None = None  # days since the last interaction, aligned with seen.data
 
-    def recency(self, half_life_days: float | None) -> sp.csr_matrix:
-        """``seen`` with each interaction weighted ``0.5 ** (age / half_life)`` (1 if no half-life)."""
-        if not half_life_days or self.age_days is None:
-            return self.seen
-        weighted = self.seen.copy()
-        weighted.data = 0.5 ** (self.age_days / half_life_days)
-        return weighted
+    def weighted(self, visit_weight: float, purchase_weight: float,
+                 half_life_days: float | None = None) -> sp.csr_matrix:
+        """Each interaction weighted ``visit_weight`` (+ ``purchase_weight`` if bought), times
+        ``0.5 ** (age / half_life_days)`` when a half-life is given."""
+        decay = self.seen
+        if half_life_days and self.age_days is not None:
+            decay = self.seen.copy()
+            decay.data = 0.5 ** (self.age_days / half_life_days)
+        return visit_weight * decay + purchase_weight * self.bought.multiply(decay)
 
     @classmethod
     def from_lists(cls, items: list[np.ndarray], bought: list[np.ndarray], n_sales: int,

@@ -61,7 +61,7 @@ class ContentBased(Recommender):
         return self
 
     def score(self, history: UserHistory) -> np.ndarray:
-        weights = self.visit_weight * history.seen + self.purchase_weight * history.bought
+        weights = history.weighted(self.visit_weight, self.purchase_weight)
         profile = np.asarray((weights @ self.profiles_).todense())
         totals = np.asarray((sp.csr_matrix(profile) @ self.groups_).todense())
         group_of = self.groups_.indices  # one group per feature, in feature order

@@ -33,8 +33,7 @@ class ImageThemes(Recommender):
         return self
 
     def score(self, history: UserHistory) -> np.ndarray:
-        decay = history.recency(self.half_life_days)
-        weights = self.visit_weight * decay + self.purchase_weight * history.bought.multiply(decay)
+        weights = history.weighted(self.visit_weight, self.purchase_weight, self.half_life_days)
         profile = np.asarray(weights @ self.themes_)
         totals = profile.sum(axis=1, keepdims=True)
         profile = np.divide(profile, totals, out=np.zeros_like(profile), where=totals > 0)
