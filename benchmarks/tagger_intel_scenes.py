@@ -1,8 +1,8 @@
 """Tagger accuracy on ../shared/data/intel-scenes and tagging throughput.
 
-    python benchmarks/tagger_intel_scenes.py [--data ../shared/data/intel-scenes] [--per-class N]
+    python benchmarks/tagger_intel_scenes.py [--data ../shared/data/intel-scenes] [--per-class N] [--backbone NAME]
 
-Trains the multi-label head on the frozen EfficientNet-Lite0 embeddings of ``train/`` and
+Trains the multi-label head on the frozen EfficientNet-Lite embeddings (Lite0 by default) of ``train/`` and
 reports top-1 accuracy and macro F1 on ``test/``; then times, on the same test images and
 batch size, the bare backbone on already-decoded arrays against the whole tagging path
 (decode, crop, resize, backbone, head) and prints the ratio.
@@ -32,9 +32,10 @@ def main() -> None:
     parser.add_argument("--data", default=str(Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "intel-scenes"))
     parser.add_argument("--per-class", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--backbone", default="efficientnet-lite0")
     args = parser.parse_args()
     data = Path(args.data)
-    backbone = Backbone(batch_size=args.batch_size)
+    backbone = Backbone(args.backbone, batch_size=args.batch_size)
     train_paths, train_labels = labelled(data / "train", args.per_class)
     test_paths, test_labels = labelled(data / "test", args.per_class)
 

@@ -137,11 +137,10 @@ def run_label_next(args) -> int:
     pool = backbone.embed([os.path.join(args.data, p) for p in unlabelled])
     for failure in pool.failures:
         print(f"salerank label-next: skipped {failure.path}: {failure.reason}", file=sys.stderr)
+    probability = None  # no labels yet: propose the most typical photo of each region
     if len(labels):
         tagger, _ = train_tagger(backbone, labels, args.data, config["seed"])
         probability = tagger.predict_proba(pool.vectors)
-    else:  # no labels yet: every photo is equally uncertain, so density alone decides
-        probability = np.full((len(pool.paths), 1), 0.5)
     best, scores = propose(probability, pool.vectors, args.n, seed=config["seed"])
     relative = [os.path.relpath(p, args.data) for p in pool.paths]
     table = pd.DataFrame({"image_path": np.array(relative)[best], "score": scores[best]})

@@ -33,3 +33,26 @@ def test_label_next_proposes_unlabelled_photos(world, world_dir, tmp_path):
     assert len(proposed) == 5 and proposed.score.is_monotonic_decreasing
     assert not set(proposed.image_path) & set(world.image_labels.image_path)
     assert set(proposed.image_path) <= set(world.sale_images.image_path)
+
+
+def test_a_batch_takes_one_photo_per_cluster_not_near_duplicates():
+    rng = np.random.default_rng(1)
+    dense = rng.normal(0, 0.02, (40, 8)) + np.eye(8)[0]
+    other = rng.normal(0, 0.02, (20, 8)) + np.eye(8)[1]
+    embeddings = np.vstack([dense, other])
+    probability = np.full((60, 3), 0.5)  # all equally uncertain: density alone ranks
+    top, _ = propose(probability, embeddings, n=2, candidates=1)
+    diverse, _ = propose(probability, embeddings, n=2, candidates=30)
+    assert (top < 40).all()  # plain top-n spends the batch on the denser cluster
+    assert sorted(diverse >= 40) == [False, True]
+
+
+def test_cold_start_proposes_the_centre_of_each_cluster():
+    rng = np.random.default_rng(2)
+    centres = np.eye(8)[:3]
+    embeddings = np.vstack([rng.normal(0, 0.05, (30, 8)) + c for c in centres])
+    best, scores = propose(None, embeddings, n=3)
+    assert sorted(best // 30) == [0, 1, 2]
+    for i in best:  # the chosen one is its cluster's most central photo
+        members = np.arange(i // 30 * 30, i // 30 * 30 + 30)
+        assert scores[i] == scores[members].max()
