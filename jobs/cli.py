@@ -47,6 +47,25 @@ def build_parser() -> argparse.ArgumentParser:
     nightly.add_argument("--out", required=True, help="output folder")
     nightly.add_argument("--conf", help="YAML configuration merged over conf/default.yaml")
 
+    backtest = commands.add_parser(
+        "backtest", help="replay a range of dates and measure every model",
+        description="For each date D in [START, END]: train on the days before D, rank the sales "
+                    "open on D with the meta-model and with each recommender alone, and compare "
+                    "with what the users bought. Writes OUT/metrics.json and each day's top-k per "
+                    "model under OUT/recommendations/model=NAME/run_date=D/.")
+    backtest.add_argument("--data", required=True, help="input folder in the data contract")
+    backtest.add_argument("--start", required=True, type=_date, help="first date, YYYY-MM-DD")
+    backtest.add_argument("--end", required=True, type=_date, help="last date, YYYY-MM-DD")
+    backtest.add_argument("--out", required=True, help="output folder")
+    backtest.add_argument("--truth-days", type=int, default=1,
+                          help="purchases in [D, D+N) of the sales open on D are the truth (default 1)")
+    backtest.add_argument("--users", choices=("active", "all"), default="active",
+                          help="rank the nightly run's active users (default), or those and every "
+                               "buyer of the truth window, with or without history (all)")
+    backtest.add_argument("--new-sale-days", type=int, default=2,
+                          help="a sale counts as new in its first N days, for the breakdown (default 2)")
+    backtest.add_argument("--conf", help="YAML configuration merged over conf/default.yaml")
+
     label = commands.add_parser(
         "label-next", help="propose the next photos to hand-label (active learning)",
         description="Rank the sale photos that have no hand label by how much labelling them "
@@ -68,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_demo(args)
         if args.command == "label-next":
             return run_label_next(args)
+        if args.command == "backtest":
+            return run_backtest_command(args)
         return run_nightly_command(args)
     except INPUT_ERRORS as err:
         print(f"salerank {args.command}: error: {err}", file=sys.stderr)
@@ -83,6 +104,25 @@ def run_nightly_command(args) -> int:
         raise ConfigError(f"--data {args.data}: no such folder")
     result = run_nightly(get_spark(config), args.data, args.date, args.out, config)
     print(f"{result.rows} recommendations for {result.active_users} users in {result.output}")
+    return 0
+
+
+def run_backtest_command(args) -> int:
+    from .backtesting import overall_table, run_backtest
+    from .spark import get_spark
+
+    config = load_config(args.conf)
+    if not Path(args.data).is_dir():
+        raise ConfigError(f"--data {args.data}: no such folder")
+    if args.end < args.start:
+        raise ConfigError(f"--end {args.end} is before --start {args.start}")
+    if args.truth_days < 1 or args.new_sale_days < 1:
+        raise ConfigError("--truth-days and --new-sale-days must be at least 1")
+    result = run_backtest(get_spark(config), args.data, args.start, args.end, args.out, config,
+                          args.truth_days, args.users, args.new_sale_days)
+    print(overall_table(result.metrics).to_string(float_format=lambda v: f"{v:.4f}"))
+    print(f"metrics in {Path(args.out) / 'metrics.json'}; recommendations in "
+          f"{Path(args.out) / 'recommendations'}")
     return 0
 
 

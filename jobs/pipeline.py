@@ -52,7 +52,7 @@ class NightlyResult:
     rankings: pd.DataFrame | None = None  # every strategy's top-k, when asked for
 
 
-class _Stages:
+class Stages:
     """Times each stage, logs it to the console and keeps the figures for MLflow."""
 
     def __init__(self):
@@ -78,7 +78,7 @@ def run_nightly(spark: SparkSession, data_dir: str, run_date: dt.date, out_dir: 
     ``keep_rankings`` also returns every strategy's top-k (the meta-model and each
     recommender alone) as pandas: for small worlds, tests and the demo.
     """
-    stages = _Stages()
+    stages = Stages()
     with start_run(config, out_dir, run_name=f"nightly {run_date}") as run:
         mlflow.log_params({**flatten(config), "data_dir": str(data_dir), "run_date": str(run_date)})
         with stages("load"):
@@ -89,7 +89,7 @@ def run_nightly(spark: SparkSession, data_dir: str, run_date: dt.date, out_dir: 
         with_images = bool(config["image_labelling"]["enabled"] and tables.row_counts.get("sale_images"))
         if with_images:
             with stages("images"):
-                catalog = catalog.with_themes(_images(tables, data_dir, out_dir, run_date, config))
+                catalog = catalog.with_themes(run_image_stage(tables, data_dir, out_dir, run_date, config))
         context = ScoringContext.build(tables, catalog, run_date)
         active = context.active_users(config["active_lookback_days"]).cache()
         n_active, n_open = active.count(), len(context.open_idx)
@@ -104,10 +104,7 @@ def run_nightly(spark: SparkSession, data_dir: str, run_date: dt.date, out_dir: 
             with stages("train"):
                 model = _train(tables, catalog, prototypes, run_date, config)
             with stages("score"):
-                fitted = recs.fit_all(prototypes, context)
-                strategies = (METAMODEL, *[r.name for r in prototypes])
-                ranked = score_users(context, fitted, active, RankTopK(model, config["top_k"], strategies),
-                                     RANKING_SCHEMA, config["spark"]["scoring_partitions"]).cache()
+                ranked = rank_users(context, prototypes, model, active, config).cache()
             recommendations = (ranked.filter(F.col("strategy") == METAMODEL)
                                .select("user_id", "rank", "sale_id", "score",
                                        F.lit(model.version_).alias("model_version")))
@@ -131,7 +128,7 @@ def run_nightly(spark: SparkSession, data_dir: str, run_date: dt.date, out_dir: 
                              run.info.run_id, rankings)
 
 
-def _images(tables, data_dir, out_dir, run_date, config) -> pd.DataFrame:
+def run_image_stage(tables, data_dir, out_dir, run_date, config) -> pd.DataFrame:
     """Tag the photos (cached by content and model version), publish the tags and the
     themes of the night, and return each sale's theme weights."""
     spark = tables.sales.sparkSession
@@ -183,14 +180,29 @@ def _log_tagger(tagger, config) -> None:
                     "tagger/tagger.json")
 
 
-def _train(tables, catalog, prototypes, run_date, config):
+def fit_metamodel(tables, catalog, prototypes, as_of, config, cache: dict | None = None):
+    """The meta-model for ``as_of``, trained on the days before it, and its metrics."""
     settings = config["metamodel"]
-    examples = training_examples(tables, catalog, prototypes, run_date, settings["train_days"],
+    examples = training_examples(tables, catalog, prototypes, as_of, settings["train_days"],
                                  settings["negatives_per_purchase"], config["seed"],
-                                 config["spark"]["scoring_partitions"])
+                                 config["spark"]["scoring_partitions"], cache)
     model, metrics = train_metamodel(examples, [r.name for r in prototypes], settings["C"])
     log.info("meta-model %s trained on %d examples: %s", model.version_, len(examples),
              ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+    return model, metrics
+
+
+def rank_users(context, prototypes, model, users, config):
+    """Every strategy's top-k open sales for ``users`` (RANKING_SCHEMA): the meta-model's
+    and each recommender's alone, fitted on ``context``."""
+    fitted = recs.fit_all(prototypes, context)
+    strategies = (METAMODEL, *[r.name for r in prototypes])
+    return score_users(context, fitted, users, RankTopK(model, config["top_k"], strategies),
+                       RANKING_SCHEMA, config["spark"]["scoring_partitions"])
+
+
+def _train(tables, catalog, prototypes, run_date, config):
+    model, metrics = fit_metamodel(tables, catalog, prototypes, run_date, config)
     mlflow.log_metrics(metrics)
     mlflow.set_tag("model_version", model.version_)
     mlflow.log_dict(model.coefficients_, "metamodel_coefficients.json")

@@ -11,11 +11,16 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
 
+def signed_log1p(x: np.ndarray) -> np.ndarray:
+    return np.sign(x) * np.log1p(np.abs(x))
+
+
 class MetaModel:
     """Purchase probability from recommender scores.
 
-    Scores are non-negative and heavy-tailed (co-visitation counts, popularity), so they
-    go through ``log1p`` and standardisation before an L2-regularised logistic regression.
+    Scores are heavy-tailed (co-visitation counts, popularity), so they go through a signed
+    ``log1p`` (matrix-factorisation scores can be negative) and standardisation before an
+    L2-regularised logistic regression.
 
     Parameters
     ----------
@@ -36,7 +41,7 @@ class MetaModel:
             raise ValueError("the training examples have only one class; the meta-model needs "
                              "purchases and open sales that were not bought")
         self.pipeline_: Pipeline = make_pipeline(
-            FunctionTransformer(np.log1p), StandardScaler(),
+            FunctionTransformer(signed_log1p), StandardScaler(),
             LogisticRegression(C=self.C, max_iter=1000))
         self.pipeline_.fit(examples[self.feature_names].to_numpy(dtype=float), labels)
         return self

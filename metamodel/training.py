@@ -60,28 +60,38 @@ def examples_schema(recommenders: list[Recommender]) -> str:
                      + [f"{r.name} double" for r in recommenders])
 
 
+def day_examples(tables: Tables, catalog: Catalog, recommenders: list[Recommender], day: dt.date,
+                 negatives_per_purchase: int, seed: int, partitions: int) -> pd.DataFrame:
+    """The labelled examples of one day: its purchases of open sales and sampled negatives,
+    scored with recommenders fitted on what was known at the start of ``day``."""
+    context = ScoringContext.build(tables, catalog, day)
+    if len(context.open_idx) == 0:
+        return pd.DataFrame(columns=["user_id", "day", "sale_id", "label", *(r.name for r in recommenders)])
+    buyers = (purchases_on(tables, catalog, day)
+              .groupBy("user_id").agg(F.array_sort(F.collect_set("sale_idx")).alias("positives")))
+    fitted = fit_all(recommenders, context)
+    return score_users(context, fitted, buyers, SampleExamples(day, negatives_per_purchase, seed),
+                       examples_schema(recommenders), partitions).toPandas()
+
+
 def training_examples(tables: Tables, catalog: Catalog, recommenders: list[Recommender],
                       as_of: dt.date, train_days: int, negatives_per_purchase: int, seed: int,
-                      partitions: int) -> pd.DataFrame:
-    """Labelled examples for the ``train_days`` days before ``as_of``, features point-in-time."""
+                      partitions: int, cache: dict | None = None) -> pd.DataFrame:
+    """Labelled examples for the ``train_days`` days before ``as_of``, features point-in-time.
+
+    A day's examples do not depend on ``as_of``: a backtest passes the same ``cache`` dict
+    for every date so that each day is computed once.
+    """
+    cache = {} if cache is None else cache
     frames = []
     for offset in range(train_days, 0, -1):
         day = as_of - dt.timedelta(days=offset)
-        context = ScoringContext.build(tables, catalog, day)
-        if len(context.open_idx) == 0:
-            continue
-        buyers = (purchases_on(tables, catalog, day)
-                  .groupBy("user_id").agg(F.array_sort(F.collect_set("sale_idx")).alias("positives")))
-        fitted = fit_all(recommenders, context)
-        frames.append(score_users(context, fitted, buyers,
-                                  SampleExamples(day, negatives_per_purchase, seed),
-                                  examples_schema(recommenders), partitions))
-    if not frames:
-        raise TrainingDataError(f"no sales were open in the {train_days} days before {as_of}")
-    union = frames[0]
-    for frame in frames[1:]:
-        union = union.unionByName(frame)
-    examples = union.toPandas()
+        if day not in cache:
+            cache[day] = day_examples(tables, catalog, recommenders, day, negatives_per_purchase,
+                                      seed, partitions)
+        frames.append(cache[day])
+    filled = [f for f in frames if len(f)]
+    examples = pd.concat(filled, ignore_index=True) if filled else pd.DataFrame(columns=["label"])
     if not len(examples) or examples["label"].sum() == 0:
         raise TrainingDataError(
             f"no purchases of open sales in the {train_days} days before {as_of}: the meta-model "

@@ -5,6 +5,7 @@ from .base import Recommender, UserHistory
 from .content import ContentBased
 from .image_themes import ImageThemes
 from .item_cf import ItemCF
+from .matrix_factorisation import ALS, BPR
 from .popularity import Popularity
 
 
@@ -13,7 +14,8 @@ def from_config(config: dict, with_images: bool = False) -> list[Recommender]:
     image themes only when the catalogue has them."""
     settings = config["recommenders"]
     chosen = [Popularity(**settings["popularity"]), ItemCF(**settings["item_cf"]),
-              ContentBased(**settings["content"])]
+              ContentBased(**settings["content"]), ALS(**settings["als"], seed=config["seed"]),
+              BPR(**settings["bpr"], seed=config["seed"])]
     if with_images:
         chosen.append(ImageThemes(**settings["image_themes"]))
     return chosen
@@ -24,5 +26,5 @@ def fit_all(recommenders: list[Recommender], context) -> list[Recommender]:
     return [copy.deepcopy(r).fit(context) for r in recommenders]
 
 
-__all__ = ["Recommender", "UserHistory", "Popularity", "ItemCF", "ContentBased", "ImageThemes",
+__all__ = ["Recommender", "UserHistory", "Popularity", "ItemCF", "ContentBased", "ImageThemes", "ALS", "BPR",
            "from_config", "fit_all"]

@@ -25,6 +25,7 @@ class UserHistory:
     seen: sp.csr_matrix  # visited or bought before the day
     bought: sp.csr_matrix  # bought before the day
     age_days: np.ndarray | None = None  # days since the last interaction, aligned with seen.data
+    user_ids: np.ndarray | None = None  # one per row, for models that keep per-user state
 
     def weighted(self, visit_weight: float, purchase_weight: float,
                  half_life_days: float | None = None) -> sp.csr_matrix:
@@ -38,7 +39,8 @@ class UserHistory:
 
     @classmethod
     def from_lists(cls, items: list[np.ndarray], bought: list[np.ndarray], n_sales: int,
-                   age_days: list[np.ndarray] | None = None) -> UserHistory:
+                   age_days: list[np.ndarray] | None = None,
+                   user_ids: np.ndarray | None = None) -> UserHistory:
         lengths = np.fromiter((len(x) for x in items), dtype=np.int64, count=len(items))
         indptr = np.concatenate([[0], np.cumsum(lengths)])
         indices = (np.concatenate(items).astype(np.int32) if lengths.sum()
@@ -52,7 +54,7 @@ class UserHistory:
         ages = None
         if age_days is not None:
             ages = (np.concatenate(age_days).astype(float) if lengths.sum() else np.zeros(0))
-        return cls(seen, bought_m, ages)
+        return cls(seen, bought_m, ages, None if user_ids is None else np.asarray(user_ids))
 
     def __len__(self) -> int:
         return self.seen.shape[0]
@@ -72,4 +74,4 @@ class Recommender(ABC):
 
     @abstractmethod
     def score(self, history: UserHistory) -> np.ndarray:
-        """Scores of shape ``(len(history), len(context.open_idx))``; higher is better, >= 0."""
+        """Scores of shape ``(len(history), len(context.open_idx))``; higher is better."""

@@ -53,7 +53,8 @@ def score_users(context: ScoringContext, recommenders: list[Recommender], users:
         state = shared.value
         for batch in batches:
             history = UserHistory.from_lists(list(batch["items"]), list(batch["bought"]),
-                                             state["n_sales"], list(batch["age_days"]))
+                                             state["n_sales"], list(batch["age_days"]),
+                                             batch["user_id"].to_numpy())
             scores = {r.name: r.score(history) for r in state["recommenders"]}
             yield state["emit"](Block(batch, history, scores, state["open_idx"], state["open_ids"]))
 

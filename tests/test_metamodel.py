@@ -95,3 +95,15 @@ def test_ranking_metrics_by_hand():
     assert row["recall@2"] == pytest.approx((1 + 0) / 2)
     assert row["ndcg@2"] == pytest.approx((1 / np.log2(3)) / 1 / 2)
     assert row["users"] == 2
+    assert row["map@2"] == pytest.approx((1 / 2 / 1 + 0) / 2)  # a's one hit at rank 2
+    assert row["hit_rate@2"] == pytest.approx(1 / 2)
+
+
+def test_average_precision_and_revenue_by_hand():
+    recommended = pd.DataFrame({"strategy": "m", "user_id": "a", "rank": [1, 2, 3, 4],
+                                "sale_id": ["s1", "s2", "s3", "s4"]})
+    bought = pd.DataFrame({"user_id": "a", "sale_id": ["s1", "s3", "s9"], "amount": [10.0, 5.0, 7.0]})
+    row = ranking_metrics(recommended, bought, k=4).loc["m"]
+    assert row["map@4"] == pytest.approx((1 / 1 + 2 / 3) / 3)
+    assert row["revenue@4"] == pytest.approx(15.0)
+    assert row["recall@4"] == pytest.approx(2 / 3)
