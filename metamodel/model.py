@@ -10,6 +10,8 @@ from sklearn.metrics import log_loss, roc_auc_score
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
+from .features import with_ranks
+
 
 def signed_log1p(x: np.ndarray) -> np.ndarray:
     return np.sign(x) * np.log1p(np.abs(x))
@@ -28,11 +30,15 @@ class MetaModel:
         The recommenders whose scores are the features, in order.
     C : float
         Inverse regularisation strength.
+    ranked : tuple of str
+        Scores whose within-user ranks are features (named ``rank_NAME`` in
+        ``feature_names``), derived from a whole block in :meth:`score_blocks`.
     """
 
-    def __init__(self, feature_names: list[str], C: float = 1.0):
+    def __init__(self, feature_names: list[str], C: float = 1.0, ranked: tuple[str, ...] = ()):
         self.feature_names = list(feature_names)
         self.C = C
+        self.ranked = tuple(ranked)
 
     def fit(self, examples: pd.DataFrame) -> MetaModel:
         """Fit on ``examples`` with the feature columns and a 0/1 ``label`` column."""
@@ -66,6 +72,7 @@ class MetaModel:
 
     def score_blocks(self, scores: dict[str, np.ndarray]) -> np.ndarray:
         """Purchase probability for a ``users x sales`` block of each recommender's scores."""
+        scores = with_ranks(scores, self.ranked)
         stacked = np.stack([scores[name] for name in self.feature_names], axis=-1)
         return self.predict_proba(stacked.reshape(-1, len(self.feature_names))).reshape(stacked.shape[:2])
 

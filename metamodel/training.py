@@ -19,6 +19,7 @@ from ..features.history import Catalog, ScoringContext, purchases_on
 from ..features.loading import Tables
 from ..recommenders import Recommender, fit_all
 from ..recommenders.scoring import Block, score_users
+from .features import rank_name, with_ranks
 from .model import MetaModel
 
 
@@ -28,14 +29,22 @@ class TrainingDataError(ValueError):
 
 @dataclass(frozen=True)
 class SampleExamples:
-    """Emit positives and sampled negatives for the buyers of one day (``positives``)."""
+    """Emit positives and sampled negatives for the buyers of one day (``positives``).
+
+    ``draw`` is the order in which a negative was drawn (0 for positives): keeping the
+    negatives with ``draw < r * positives`` is a random sample at ratio ``r``.  ``ranked``
+    names the scores whose within-user ranks are features, computed over every open sale
+    before sampling.
+    """
 
     day: dt.date
     negatives_per_purchase: int
     seed: int
+    ranked: tuple[str, ...] = ()
 
     def __call__(self, block: Block) -> pd.DataFrame:
         already_bought = block.history.bought[:, block.open_idx].toarray() > 0
+        scores = with_ranks(block.scores, self.ranked)
         parts = []
         for row, (user, positives) in enumerate(zip(block.users["user_id"], block.users["positives"])):
             pos_cols = np.searchsorted(block.open_idx, np.sort(positives))
@@ -44,39 +53,49 @@ class SampleExamples:
             candidates = np.flatnonzero(allowed)
             rng = np.random.default_rng([self.seed, zlib.crc32(str(user).encode()), self.day.toordinal()])
             n_neg = min(len(candidates), self.negatives_per_purchase * len(pos_cols))
-            neg_cols = np.sort(rng.choice(candidates, size=n_neg, replace=False))
-            cols = np.concatenate([pos_cols, neg_cols])
+            drawn = rng.choice(candidates, size=n_neg, replace=False)
+            order = np.argsort(drawn, kind="stable")
+            cols = np.concatenate([pos_cols, drawn[order]])
             parts.append(pd.DataFrame({
                 "user_id": user, "day": self.day, "sale_id": block.open_ids[cols],
                 "label": np.r_[np.ones(len(pos_cols), int), np.zeros(n_neg, int)],
-                **{name: s[row, cols] for name, s in block.scores.items()},
+                "draw": np.r_[np.zeros(len(pos_cols), int), order.astype(int)],
+                **{name: s[row, cols] for name, s in scores.items()},
             }))
         return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
-            columns=["user_id", "day", "sale_id", "label", *block.scores])
+            columns=["user_id", "day", "sale_id", "label", "draw", *scores])
 
 
-def examples_schema(recommenders: list[Recommender]) -> str:
-    return ", ".join(["user_id string", "day date", "sale_id string", "label int"]
-                     + [f"{r.name} double" for r in recommenders])
+def feature_names(scorers: list[Recommender], ranked: tuple[str, ...]) -> list[str]:
+    """The meta-model's features: every scorer's score, then the within-user ranks."""
+    return [s.name for s in scorers] + [rank_name(n) for n in ranked]
 
 
-def day_examples(tables: Tables, catalog: Catalog, recommenders: list[Recommender], day: dt.date,
-                 negatives_per_purchase: int, seed: int, partitions: int) -> pd.DataFrame:
+def examples_schema(scorers: list[Recommender], ranked: tuple[str, ...] = ()) -> str:
+    return ", ".join(["user_id string", "day date", "sale_id string", "label int", "draw int"]
+                     + [f"{name} double" for name in feature_names(scorers, ranked)])
+
+
+def day_examples(tables: Tables, catalog: Catalog, scorers: list[Recommender], day: dt.date,
+                 negatives_per_purchase: int, seed: int, partitions: int,
+                 ranked: tuple[str, ...] = ()) -> pd.DataFrame:
     """The labelled examples of one day: its purchases of open sales and sampled negatives,
-    scored with recommenders fitted on what was known at the start of ``day``."""
+    scored with recommenders and signals fitted on what was known at the start of ``day``."""
     context = ScoringContext.build(tables, catalog, day)
     if len(context.open_idx) == 0:
-        return pd.DataFrame(columns=["user_id", "day", "sale_id", "label", *(r.name for r in recommenders)])
+        return pd.DataFrame(columns=["user_id", "day", "sale_id", "label", "draw",
+                                     *feature_names(scorers, ranked)])
     buyers = (purchases_on(tables, catalog, day)
               .groupBy("user_id").agg(F.array_sort(F.collect_set("sale_idx")).alias("positives")))
-    fitted = fit_all(recommenders, context)
-    return score_users(context, fitted, buyers, SampleExamples(day, negatives_per_purchase, seed),
-                       examples_schema(recommenders), partitions).toPandas()
+    fitted = fit_all(scorers, context)
+    return score_users(context, fitted, buyers, SampleExamples(day, negatives_per_purchase, seed, ranked),
+                       examples_schema(scorers, ranked), partitions).toPandas()
 
 
-def training_examples(tables: Tables, catalog: Catalog, recommenders: list[Recommender],
+def training_examples(tables: Tables, catalog: Catalog, scorers: list[Recommender],
                       as_of: dt.date, train_days: int, negatives_per_purchase: int, seed: int,
-                      partitions: int, cache: dict | None = None) -> pd.DataFrame:
+                      partitions: int, cache: dict | None = None,
+                      ranked: tuple[str, ...] = ()) -> pd.DataFrame:
     """Labelled examples for the ``train_days`` days before ``as_of``, features point-in-time.
 
     A day's examples do not depend on ``as_of``: a backtest passes the same ``cache`` dict
@@ -87,8 +106,8 @@ def training_examples(tables: Tables, catalog: Catalog, recommenders: list[Recom
     for offset in range(train_days, 0, -1):
         day = as_of - dt.timedelta(days=offset)
         if day not in cache:
-            cache[day] = day_examples(tables, catalog, recommenders, day, negatives_per_purchase,
-                                      seed, partitions)
+            cache[day] = day_examples(tables, catalog, scorers, day, negatives_per_purchase,
+                                      seed, partitions, ranked)
         frames.append(cache[day])
     filled = [f for f in frames if len(f)]
     examples = pd.concat(filled, ignore_index=True) if filled else pd.DataFrame(columns=["label"])
@@ -100,15 +119,57 @@ def training_examples(tables: Tables, catalog: Catalog, recommenders: list[Recom
                                 ascending=[True, True, False, True], kind="stable").reset_index(drop=True)
 
 
-def train_metamodel(examples: pd.DataFrame, feature_names: list[str], C: float) -> tuple[MetaModel, dict]:
-    """Fit on every day, after measuring on the last day a model fitted on the days before it."""
-    last_day = examples["day"].max()
-    earlier, validation = examples[examples["day"] < last_day], examples[examples["day"] == last_day]
+def subsample_negatives(examples: pd.DataFrame, ratio: int) -> pd.DataFrame:
+    """The positives and, per user and day, a random ``ratio`` negatives per positive."""
+    positives = examples.groupby(["user_id", "day"])["label"].transform("sum")
+    return examples[(examples["label"] == 1) | (examples["draw"] < ratio * positives)]
+
+
+def reliability(probability: np.ndarray, labels: np.ndarray, bins: int = 10) -> pd.DataFrame:
+    """Calibration: per bin of predicted probability, the mean prediction, the observed
+    purchase rate and the number of examples (empty bins left out)."""
+    which = np.minimum((probability * bins).astype(int), bins - 1)
+    frame = pd.DataFrame({"bin": which, "predicted": probability, "observed": labels})
+    table = frame.groupby("bin").agg(predicted=("predicted", "mean"), observed=("observed", "mean"),
+                                     examples=("observed", "size"))
+    table.index = [f"{b / bins:.1f}-{(b + 1) / bins:.1f}" for b in table.index]
+    return table
+
+
+def train_metamodel(examples: pd.DataFrame, features: list[str], ranked: tuple[str, ...] = (),
+                    C: tuple[float, ...] = (1.0,), negative_ratios: tuple[int, ...] = (5,),
+                    validation_days: int = 1) -> tuple[MetaModel, dict, dict]:
+    """Choose ``C`` and the negatives ratio on a validation period, then fit on every day.
+
+    The last ``validation_days`` days are the validation period: each candidate is fitted
+    on the days before it and scored by AUC on it (with every sampled negative, so that
+    ratios compare fairly); the best (ties: smaller C, then smaller ratio) is refitted on
+    all days.  With too little data to validate, the largest ratio and the middle C are used.
+
+    Returns the model, its metrics, and a report: the validation grid and the reliability
+    table of the chosen candidate on the validation period.
+    """
+    days = sorted(examples["day"].unique())
+    held = days[-validation_days:] if len(days) > validation_days else days[-1:]
+    earlier, validation = examples[~examples["day"].isin(held)], examples[examples["day"].isin(held)]
     metrics = {"train_examples": float(len(examples)), "train_positives": float(examples["label"].sum()),
-               "train_days": float(examples["day"].nunique())}
+               "train_days": float(len(days))}
+    choice, grid, report = (sorted(C)[len(C) // 2], max(negative_ratios)), [], {}
     if earlier["label"].nunique() == 2 and validation["label"].nunique() == 2:
-        held_out = MetaModel(feature_names, C).fit(earlier).evaluate(validation)
-        metrics.update({f"validation_{k}": v for k, v in held_out.items()})
-    model = MetaModel(feature_names, C).fit(examples)
+        for ratio in sorted(negative_ratios):
+            sample = subsample_negatives(earlier, ratio)
+            for c in sorted(C):
+                result = MetaModel(features, c, ranked).fit(sample).evaluate(validation)
+                grid.append({"C": c, "negative_ratio": ratio, **result})
+        best = max(grid, key=lambda r: (round(r["auc"], 6), -r["C"], -r["negative_ratio"]))
+        choice = (best["C"], best["negative_ratio"])
+        metrics.update({"validation_auc": best["auc"], "validation_log_loss": best["log_loss"]})
+        chosen = MetaModel(features, choice[0], ranked).fit(subsample_negatives(earlier, choice[1]))
+        report["reliability"] = reliability(
+            chosen.predict_proba(validation[chosen.feature_names].to_numpy(dtype=float)),
+            validation["label"].to_numpy())
+    report["grid"] = grid
+    metrics.update({"chosen_C": float(choice[0]), "chosen_negative_ratio": float(choice[1])})
+    model = MetaModel(features, choice[0], ranked).fit(subsample_negatives(examples, choice[1]))
     metrics.update({f"train_{k}": v for k, v in model.evaluate(examples).items()})
-    return model, metrics
+    return model, metrics, report

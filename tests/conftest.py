@@ -56,5 +56,34 @@ def catalog(spark, tables):
     return Catalog.from_tables(spark, tables)
 
 
+@pytest.fixture(scope="session")
+def hand_context(spark):
+    """Four sales and four users whose scores can be worked out by hand; the day is
+    2025-01-05 and the events on and after it must never count."""
+    from salerank.features.history import Catalog, ScoringContext
+    from salerank.features.loading import Tables
+
+    def ts(day):
+        return dt.datetime(2025, 1, day, 12)
+
+    sales = spark.createDataFrame(
+        [(f"s{i}", f"Sale {i}", dt.date(2025, 1, 1), dt.date(2025, 1, 10), dest, cat, price)
+         for i, dest, cat, price in [(1, "A", "hotel", 100.0), (2, "A", "villa", 200.0),
+                                     (3, "B", "hotel", 300.0), (4, "B", "villa", 400.0)]],
+        "sale_id string, title string, open_date date, close_date date, destination string, "
+        "category string, price double")
+    visits = spark.createDataFrame(
+        [("u1", "s1", ts(1)), ("u1", "s2", ts(2)), ("u2", "s1", ts(1)), ("u2", "s2", ts(2)),
+         ("u2", "s3", ts(3)), ("u3", "s3", ts(4)),
+         ("u4", "s4", ts(5)), ("u1", "s4", ts(6))],  # on and after the day: must not count
+        "user_id string, sale_id string, ts timestamp")
+    purchases = spark.createDataFrame([("u2", "s2", ts(3)), ("u3", "s4", ts(7))],
+                                      "user_id string, sale_id string, ts timestamp")
+    users = spark.createDataFrame([(f"u{i}",) for i in range(1, 5)], "user_id string")
+    empty = spark.createDataFrame([], "sale_id string, image_path string")
+    tables = Tables(sales, empty, users, visits, purchases, None)
+    return ScoringContext.build(tables, Catalog.from_tables(spark, tables), dt.date(2025, 1, 5))
+
+
 def day(world, offset_from_end: int = 0) -> dt.date:
     return world.last_date - dt.timedelta(days=offset_from_end)

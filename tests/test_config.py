@@ -1,6 +1,6 @@
 import pytest
 
-from salerank.conf import ConfigError, flatten, load_config
+from salerank.conf import ConfigError, default_config, flatten, load_config
 
 
 def test_user_file_is_merged_over_defaults(tmp_path):
@@ -9,7 +9,7 @@ def test_user_file_is_merged_over_defaults(tmp_path):
     config = load_config(path)
     assert config["top_k"] == 5
     assert config["metamodel"]["C"] == 0.5
-    assert config["metamodel"]["negatives_per_purchase"] == 5  # untouched default
+    assert config["metamodel"]["negatives_per_purchase"] == default_config()["metamodel"]["negatives_per_purchase"]
 
 
 def test_unknown_setting_is_named(tmp_path):

@@ -1,0 +1,1 @@
+"""Adapters: public data sets turned into salerank's data contract."""
