@@ -29,6 +29,7 @@ from ..features.loading import load_tables
 from ..metamodel.evaluation import ranking_metrics
 from ..metamodel.ranking import METAMODEL, RANKING_SCHEMA, RankTopK
 from ..metamodel.features import signals_from_config
+from ..metamodel.model import signed_log1p
 from ..metamodel.training import TrainingDataError, feature_names, train_metamodel, training_examples
 from ..recommenders.scoring import score_users
 from .publish import publish_parquet
@@ -222,7 +223,8 @@ def _train(tables, catalog, prototypes, run_date, config):
     mlflow.set_tag("model_version", model.version_)
     mlflow.log_dict(model.coefficients_, "metamodel_coefficients.json")
     mlflow.sklearn.log_model(model.pipeline_, name="metamodel",
-                             pip_requirements=["scikit-learn", "numpy"])
+                             pip_requirements=["scikit-learn", "numpy", "salerank"],
+                             skops_trusted_types=[f"{signed_log1p.__module__}.signed_log1p"])
     return model
 
 

@@ -6,11 +6,16 @@ from pathlib import Path
 
 import mlflow
 
+# What the user's environment says, read before any run: mlflow.set_tracking_uri also
+# writes $MLFLOW_TRACKING_URI, so reading it later would send a second run in the same
+# process (another OUT) to the first run's store.
+ENVIRONMENT_URI = os.environ.get("MLFLOW_TRACKING_URI")
+
 
 def tracking_uri(config: dict, out_dir: str) -> str:
-    """``mlflow.tracking_uri`` from the config, else ``$MLFLOW_TRACKING_URI``, else
-    ``sqlite:///OUT/mlflow.db``."""
-    configured = config["mlflow"]["tracking_uri"] or os.environ.get("MLFLOW_TRACKING_URI")
+    """``mlflow.tracking_uri`` from the config, else ``$MLFLOW_TRACKING_URI`` (as it was when
+    salerank started), else ``sqlite:///OUT/mlflow.db``."""
+    configured = config["mlflow"]["tracking_uri"] or ENVIRONMENT_URI
     if configured:
         return configured
     return f"sqlite:///{Path(out_dir).resolve() / 'mlflow.db'}"

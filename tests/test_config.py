@@ -30,3 +30,12 @@ def test_missing_and_malformed_files(tmp_path):
 
 def test_flatten():
     assert flatten({"a": {"b": 1, "c": {"d": 2}}, "e": 3}) == {"a.b": 1, "a.c.d": 2, "e": 3}
+
+
+def test_each_output_folder_gets_its_own_mlflow_store(config, tmp_path):
+    import mlflow
+
+    from salerank.jobs.tracking import tracking_uri
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'first' / 'mlflow.db'}")  # an earlier run
+    assert tracking_uri(config, str(tmp_path / "second")) == f"sqlite:///{(tmp_path / 'second').resolve() / 'mlflow.db'}"

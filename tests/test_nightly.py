@@ -64,7 +64,8 @@ def test_quick_evaluation_against_the_days_purchases(world, night):
     day = world.last_date.isoformat()
     buyers = set(world.purchases[world.purchases.ts.str[:10] == day].user_id) & set(
         result.rankings.user_id)
-    assert set(result.metrics.index) == {"metamodel", "popularity", "item_cf", "content", "image_themes"}
+    assert set(result.metrics.index) == {"metamodel", "popularity", "item_cf", "content", "als", "bpr",
+                                         "image_themes"}
     assert (result.metrics["users"] == len(buyers)).all() and len(buyers) > 0
     assert result.metrics[["precision@10", "recall@10", "ndcg@10"]].stack().between(0, 1).all()
 
@@ -79,7 +80,13 @@ def test_run_is_recorded_in_mlflow(night):
     assert run.data.params["metamodel.train_days"] == "6"
     assert run.data.metrics["metamodel.ndcg_at_10"] == pytest.approx(result.metrics.loc["metamodel", "ndcg@10"])
     assert "validation_auc" in run.data.metrics
-    assert mlflow.sklearn.load_model(f"runs:/{run.info.run_id}/metamodel").predict_proba([[1, 1, 1, 1]]).shape == (1, 2)
+    features = len(mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/metamodel_coefficients.json")) - 1
+    assert features == 6 + 4 + 6  # six recommenders' scores, four signals, six ranks
+    loaded = mlflow.sklearn.load_model(f"runs:/{run.info.run_id}/metamodel")
+    assert loaded.predict_proba([[1.0] * features]).shape == (1, 2)
+    assert run.data.metrics["chosen_C"] in (0.01, 0.1, 1.0, 10.0)
+    root = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
+    assert {"metamodel_reliability.png", "metamodel_reliability.csv", "metamodel_validation_grid.csv"} <= root
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "tagger")}
     assert {"tagger/head.weights.h5", "tagger/tagger.json", "tagger/per_tag_metrics.json"} <= artifacts
     assert run.data.metrics["tagger_top1_accuracy"] > 0.9  # held-out fifth of the hand labels

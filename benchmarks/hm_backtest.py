@@ -1,0 +1,159 @@
+"""The rolling backtest on real data: the H&M sample, against implicit's ALS and BPR alone.
+
+    python benchmarks/hm_backtest.py [--source ../shared/data/hm-sample] [--out /tmp/salerank-hm]
+        [--start 2020-09-01] [--end 2020-09-21] [--truth-days 7] [--window-days 28] [--skip-images]
+
+1. ``salerank.adapters.hm`` turns the sample into the data contract (sale windows: the 28
+   days after an article's first purchase; see the adapter).
+2. ``salerank backtest`` replays every date, with the image themes (ImageNet classes of the
+   product photos, NMF) and without them, ranking every buyer of the truth window
+   (``--users all``: cold buyers included).
+3. On the same split, ``implicit``'s ALS and BPR are used on their own, as their users
+   would: trained on every purchase before D, ``recommend(..., items=<sales open on D>,
+   filter_already_liked_items=True)``.
+4. Every list (salerank's, read back from the published recommendations, and implicit's)
+   is scored by the same code against the same truth; the table is printed.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from salerank.adapters import hm
+from salerank.conf import load_config
+from salerank.jobs.backtesting import run_backtest
+from salerank.jobs.spark import get_spark
+from salerank.metamodel.evaluation import PER_USER, per_user_metrics
+
+DEFAULT_SOURCE = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "hm-sample"
+
+
+def truth_for(tables: dict, day: dt.date, truth_days: int) -> pd.DataFrame:
+    """Purchases in [day, day + truth_days) of the sales open on day (as the backtest)."""
+    sales = tables["sales"]
+    open_ids = set(sales[(sales.open_date <= day) & (sales.close_date >= day)].sale_id)
+    p = tables["purchases"]
+    when = pd.to_datetime(p["ts"]).dt.date
+    window = p[(when >= day) & (when < day + dt.timedelta(days=truth_days)) & p.sale_id.isin(open_ids)]
+    return window[["user_id", "sale_id", "amount"]]
+
+
+def implicit_lists(tables: dict, day: dt.date, users: list[str], seed: int) -> pd.DataFrame:
+    """implicit's ALS and BPR on their own: top 10 of the sales open on ``day``."""
+    from implicit.cpu.als import AlternatingLeastSquares
+    from implicit.cpu.bpr import BayesianPersonalizedRanking
+    from threadpoolctl import threadpool_limits
+
+    p = tables["purchases"]
+    before = p[pd.to_datetime(p["ts"]).dt.date < day]
+    user_index = pd.Index(sorted(set(before.user_id) | set(users)))
+    item_index = pd.Index(sorted(tables["sales"].sale_id))
+    matrix = sp.csr_matrix((np.ones(len(before), np.float32),
+                            (user_index.get_indexer(before.user_id), item_index.get_indexer(before.sale_id))),
+                           shape=(len(user_index), len(item_index)))
+    matrix.data[:] = 1.0  # repeated purchases count once
+    sales = tables["sales"]
+    open_items = item_index.get_indexer(sales[(sales.open_date <= day) & (sales.close_date >= day)].sale_id)
+    rows = user_index.get_indexer(users)
+    frames = []
+    models = {"implicit_als": AlternatingLeastSquares(factors=32, regularization=0.01, alpha=10.0,
+                                                      iterations=15, random_state=seed, num_threads=1),
+              "implicit_bpr": BayesianPersonalizedRanking(factors=32, learning_rate=0.05, iterations=100,
+                                                          random_state=seed, num_threads=1)}
+    for name, model in models.items():
+        with threadpool_limits(1, "blas"):
+            model.fit(matrix, show_progress=False)
+        ids, scores = model.recommend(rows, matrix[rows], N=10, items=np.sort(open_items),
+                                      filter_already_liked_items=True)
+        for user, row_ids, row_scores in zip(users, ids, scores):
+            keep = np.isfinite(row_scores) & (row_ids >= 0)
+            frames.append(pd.DataFrame({"strategy": name, "user_id": user,
+                                        "rank": np.arange(1, keep.sum() + 1),
+                                        "sale_id": item_index[row_ids[keep]]}))
+    return pd.concat(frames, ignore_index=True)
+
+
+def published_lists(spark, out: Path, day: dt.date, models: dict | None) -> pd.DataFrame:
+    """The backtest's published top-k of ``day``: every model, or ``models`` renamed."""
+    frames = []
+    for folder in sorted((out / "recommendations").glob("model=*")):
+        model = folder.name.split("=", 1)[1]
+        path = folder / f"run_date={day}"
+        if path.exists() and (models is None or model in models):
+            frame = spark.read.parquet(str(path)).toPandas()
+            frames.append(frame.assign(strategy=model if models is None else models[model]))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--source", default=str(DEFAULT_SOURCE))
+    parser.add_argument("--out", default="/tmp/salerank-hm")
+    parser.add_argument("--start", type=dt.date.fromisoformat, default=dt.date(2020, 9, 1))
+    parser.add_argument("--end", type=dt.date.fromisoformat, default=dt.date(2020, 9, 21))
+    parser.add_argument("--truth-days", type=int, default=7)
+    parser.add_argument("--window-days", type=int, default=28)
+    parser.add_argument("--new-sale-days", type=int, default=3)
+    parser.add_argument("--skip-images", action="store_true", help="only the backtest without image themes")
+    args = parser.parse_args()
+    source, out = Path(args.source), Path(args.out)
+    tables = hm.adapt(source, args.window_days)
+    stats = hm.write(tables, source, out / "data")
+    print("adapter:", json.dumps(stats))
+    tables["sales"]["open_date"] = pd.to_datetime(tables["sales"]["open_date"]).dt.date
+    tables["sales"]["close_date"] = pd.to_datetime(tables["sales"]["close_date"]).dt.date
+
+    # folder -> (image themes on?, which of its published models to compare)
+    runs = {"backtest": (True, None), "backtest-noimages": (False, {"metamodel": "metamodel_no_images"})}
+    if args.skip_images:
+        runs = {"backtest-noimages": (False, None)}
+    seconds, spark = {}, None
+    for folder, (with_images, _) in runs.items():
+        config = load_config(overrides={"image_labelling": {"enabled": with_images}})
+        spark = spark or get_spark(config)
+        start = time.perf_counter()
+        run_backtest(spark, str(out / "data"), args.start, args.end, str(out / folder), config,
+                     truth_days=args.truth_days, users="all", new_sale_days=args.new_sale_days)
+        seconds[folder] = time.perf_counter() - start
+
+    per_user, sale_age = [], tables["sales"].set_index("sale_id")["open_date"]
+    bought_before = tables["purchases"].groupby("user_id")["ts"].min()
+    for day in [args.start + dt.timedelta(days=i) for i in range((args.end - args.start).days + 1)]:
+        lists = pd.concat([published_lists(spark, out / folder, day, models)
+                           for folder, (_, models) in runs.items()], ignore_index=True)
+        if lists.empty:
+            continue
+        truth = truth_for(tables, day, args.truth_days)
+        truth = truth[truth.user_id.isin(set(lists.user_id))]
+        users = sorted(set(lists.user_id))
+        lists = pd.concat([lists, implicit_lists(tables, day, users, seed=42)], ignore_index=True)
+        new_sale = truth.sale_id.map(sale_age) >= day - dt.timedelta(days=args.new_sale_days - 1)
+        returning = pd.to_datetime(truth.user_id.map(bought_before)).dt.date < day
+        for segment, part in (("overall", truth), ("new_sales", truth[new_sale]),
+                              ("established_sales", truth[~new_sale]),
+                              ("new_users", truth[~returning]), ("returning_users", truth[returning])):
+            per_user.append(per_user_metrics(lists, part, 10).assign(day=day, segment=segment))
+    scores = pd.concat(per_user, ignore_index=True)
+    table = (scores.groupby(["segment", "strategy"])[list(PER_USER)].mean()
+             .join(scores.groupby(["segment", "strategy"]).size().rename("user_days")))
+
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores; dates {args.start}..{args.end}, "
+          f"truth window {args.truth_days} days, new sale = first {args.new_sale_days} days")
+    print("backtest seconds:", {k: round(v) for k, v in seconds.items()})
+    pd.set_option("display.width", 200)
+    for segment in ("overall", "new_sales", "established_sales", "new_users", "returning_users"):
+        print(f"\n== {segment}")
+        print(table.loc[segment].sort_values("ndcg", ascending=False).round(4).to_string())
+
+
+if __name__ == "__main__":
+    main()
