@@ -1,7 +1,9 @@
 """Each recommender on a hand-made history whose scores can be worked out by hand."""
 import numpy as np
+import pytest
 
 from salerank.recommenders import ContentBased, ItemCF, Popularity, UserHistory
+
 
 def history(items, bought=()):
     """One user's history over the catalogue s1..s4 (indices 0..3)."""
@@ -44,3 +46,20 @@ def test_content_profile_shares(hand_context):
     # villa 4/5, cheap band 5/5
     np.testing.assert_allclose(model.score(history([0, 1], bought=[1])), [[2.2, 2.8, .2, .8]])
     np.testing.assert_allclose(model.score(history([])), [[0, 0, 0, 0]])
+
+
+def test_item_cf_similarity_choices(hand_context):
+    # s1 {u1,u2} and s3 {u2,u3}: one user in common of 2 and 2
+    jaccard = ItemCF(similarity="jaccard").fit(hand_context).similarity_.toarray()
+    assert jaccard[0, 2] == pytest.approx(1 / 3) and jaccard[0, 1] == pytest.approx(1.0)
+    asym = ItemCF(similarity="asymmetric", alpha=0.9).fit(hand_context).similarity_.toarray()
+    assert asym[0, 2] == pytest.approx(1 / (2 ** 0.9 * 2 ** 0.1))
+    with pytest.raises(ValueError, match="similarity"):
+        ItemCF(similarity="pearson")
+
+
+def test_item_cf_time_decay_halves_old_interactions(hand_context):
+    model = ItemCF(half_life_days=2.0).fit(hand_context)
+    # s1 seen 2 days ago (weight 1/2), s2 4 days ago (weight 1/4)
+    recent = UserHistory.from_lists([np.array([0, 1])], [np.zeros(2, bool)], 4, [np.array([2.0, 4.0])])
+    np.testing.assert_allclose(model.score(recent), [[0.25, 0.5, 0.5 * 0.5 + 0.25 * 0.5, 0]])
