@@ -1,7 +1,7 @@
 """The rolling backtest on real data: the H&M sample, against implicit's ALS and BPR alone.
 
     python benchmarks/hm_backtest.py [--source ../shared/data/hm-sample] [--out /tmp/salerank-hm]
-        [--start 2020-09-01] [--end 2020-09-21] [--truth-days 7] [--window-days 28] [--skip-images]
+        [--start 2020-08-01] [--end 2020-09-15] [--truth-days 7] [--window-days 28] [--skip-images]
 
 1. ``salerank.adapters.hm`` turns the sample into the data contract (sale windows: the 28
    days after an article's first purchase; see the adapter).
@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import logging
 import os
 import platform
 import time
@@ -98,13 +99,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source", default=str(DEFAULT_SOURCE))
     parser.add_argument("--out", default="/tmp/salerank-hm")
-    parser.add_argument("--start", type=dt.date.fromisoformat, default=dt.date(2020, 9, 1))
-    parser.add_argument("--end", type=dt.date.fromisoformat, default=dt.date(2020, 9, 21))
+    parser.add_argument("--start", type=dt.date.fromisoformat, default=dt.date(2020, 8, 1))
+    parser.add_argument("--end", type=dt.date.fromisoformat, default=dt.date(2020, 9, 15))
     parser.add_argument("--truth-days", type=int, default=7)
     parser.add_argument("--window-days", type=int, default=28)
     parser.add_argument("--new-sale-days", type=int, default=3)
     parser.add_argument("--skip-images", action="store_true", help="only the backtest without image themes")
     args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s salerank: %(message)s")
     source, out = Path(args.source), Path(args.out)
     tables = hm.adapt(source, args.window_days)
     stats = hm.write(tables, source, out / "data")
@@ -151,6 +153,8 @@ def main() -> None:
     print("backtest seconds:", {k: round(v) for k, v in seconds.items()})
     pd.set_option("display.width", 200)
     for segment in ("overall", "new_sales", "established_sales", "new_users", "returning_users"):
+        if segment not in table.index.get_level_values("segment"):
+            continue
         print(f"\n== {segment}")
         print(table.loc[segment].sort_values("ndcg", ascending=False).round(4).to_string())
 
