@@ -1,7 +1,8 @@
 """Content-based scoring: user profile . sale profile over sale metadata.
 
 A sale's profile is one-hot over its feature values (``destination=Crete``,
-``category=villa``, ``price_band=2``).  A user's profile is the weighted sum of the
+``category=villa``, ``price_band=2`` and, when the catalogue has image themes,
+``theme=7``: the sale's dominant theme).  A user's profile is the weighted sum of the
 profiles of the sales they visited (weight ``visit_weight``) and bought (plus
 ``purchase_weight``), normalised within each feature group, so the score of a sale is the
 sum over groups of the share of the user's history that matches it (0 to #groups).
@@ -41,6 +42,10 @@ class ContentBased(Recommender):
             known = sales.loc[sales["open_date"] <= context.as_of, "price"].dropna()
             if len(known):
                 values["price_band"] = price_bands(sales["price"], known, self.price_bands)
+        themes = context.catalog.themes
+        if themes is not None:  # photos are sale metadata: known before the sale opens
+            dominant = pd.Series(themes.argmax(axis=1), index=sales.index).astype("object")
+            values["theme"] = dominant.where(themes.sum(axis=1) > 0, None)
         rows, cols, groups, names = [], [], [], []
         for group, (column, series) in enumerate(values.items()):
             for value in sorted(series.dropna().unique(), key=str):

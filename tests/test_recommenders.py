@@ -63,3 +63,19 @@ def test_item_cf_time_decay_halves_old_interactions(hand_context):
     # s1 seen 2 days ago (weight 1/2), s2 4 days ago (weight 1/4)
     recent = UserHistory.from_lists([np.array([0, 1])], [np.zeros(2, bool)], 4, [np.array([2.0, 4.0])])
     np.testing.assert_allclose(model.score(recent), [[0.25, 0.5, 0.5 * 0.5 + 0.25 * 0.5, 0]])
+
+
+def test_content_matches_the_dominant_image_theme(hand_context):
+    import dataclasses
+
+    import pandas as pd
+
+    # s1 and s3 show theme 0, s2 theme 1, s4 has no photo
+    themes = pd.DataFrame({"t0": [0.9, 0.1, 0.8, 0.0], "t1": [0.1, 0.7, 0.2, 0.0]},
+                          index=["s1", "s2", "s3", "s4"])
+    context = dataclasses.replace(hand_context, catalog=hand_context.catalog.with_themes(themes))
+    model = ContentBased(price_bands=2).fit(context)
+    assert "theme=0" in model.feature_names_ and "theme=1" in model.feature_names_
+    without = ContentBased(price_bands=2).fit(hand_context).score(history([0]))
+    # a user who visited s1 now also matches s3 on its theme, and s4 on nothing new
+    np.testing.assert_allclose(model.score(history([0])) - without, [[1, 0, 1, 0]])
