@@ -1,7 +1,7 @@
 """The rolling backtest on real data: the H&M sample, against implicit's ALS and BPR alone.
 
     python benchmarks/hm_backtest.py [--source ../shared/data/hm-sample] [--out /tmp/salerank-hm]
-        [--start 2020-08-01] [--end 2020-09-15] [--truth-days 7] [--window-days 28] [--skip-images]
+        [--start 2020-08-01] [--end 2020-09-15] [--truth-days 7] [--window-days 28] [--skip-images] [--conf FILE]
 
 1. ``salerank.adapters.hm`` turns the sample into the data contract (sale windows: the 28
    days after an article's first purchase; see the adapter).
@@ -105,6 +105,7 @@ def main() -> None:
     parser.add_argument("--window-days", type=int, default=28)
     parser.add_argument("--new-sale-days", type=int, default=3)
     parser.add_argument("--skip-images", action="store_true", help="only the backtest without image themes")
+    parser.add_argument("--conf", help="YAML configuration merged over conf/default.yaml")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s salerank: %(message)s")
     source, out = Path(args.source), Path(args.out)
@@ -120,7 +121,7 @@ def main() -> None:
         runs = {"backtest-noimages": (False, None)}
     seconds, spark = {}, None
     for folder, (with_images, _) in runs.items():
-        config = load_config(overrides={"image_labelling": {"enabled": with_images}})
+        config = load_config(args.conf, overrides={"image_labelling": {"enabled": with_images}})
         spark = spark or get_spark(config)
         start = time.perf_counter()
         run_backtest(spark, str(out / "data"), args.start, args.end, str(out / folder), config,
