@@ -1,7 +1,7 @@
 """The rolling backtest on real data: the H&M sample, against implicit's ALS and BPR alone.
 
     python benchmarks/hm_backtest.py [--source ../shared/data/hm-sample] [--out /tmp/salerank-hm]
-        [--start 2020-08-01] [--end 2020-09-15] [--truth-days 7] [--window-days 28] [--skip-images] [--conf FILE]
+        [--start 2020-08-01] [--end 2020-09-15] [--truth-days 7] [--window-days 28] [--runs images,noimages] [--conf FILE]
 
 1. ``salerank.adapters.hm`` turns the sample into the data contract (sale windows: the 28
    days after an article's first purchase; see the adapter).
@@ -104,7 +104,8 @@ def main() -> None:
     parser.add_argument("--truth-days", type=int, default=7)
     parser.add_argument("--window-days", type=int, default=28)
     parser.add_argument("--new-sale-days", type=int, default=3)
-    parser.add_argument("--skip-images", action="store_true", help="only the backtest without image themes")
+    parser.add_argument("--runs", default="images,noimages",
+                        help="backtests to run: images (with image themes), noimages, or both")
     parser.add_argument("--conf", help="YAML configuration merged over conf/default.yaml")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s salerank: %(message)s")
@@ -117,8 +118,10 @@ def main() -> None:
 
     # folder -> (image themes on?, which of its published models to compare)
     runs = {"backtest": (True, None), "backtest-noimages": (False, {"metamodel": "metamodel_no_images"})}
-    if args.skip_images:
-        runs = {"backtest-noimages": (False, None)}
+    wanted = {"images": "backtest", "noimages": "backtest-noimages"}
+    runs = {wanted[w]: runs[wanted[w]] for w in args.runs.split(",")}
+    if "backtest" not in runs:  # compare every model of the run that is there
+        runs = {folder: (images, None) for folder, (images, _) in runs.items()}
     seconds, spark = {}, None
     for folder, (with_images, _) in runs.items():
         config = load_config(args.conf, overrides={"image_labelling": {"enabled": with_images}})
