@@ -257,7 +257,8 @@ def _evaluate(tables, catalog, context, ranked, k) -> pd.DataFrame | None:
         log.info("no purchases of open sales by active users on %s: no evaluation", context.as_of)
         return None
     recommended = ranked.join(bought.select("user_id").distinct(), "user_id").toPandas()
-    metrics = ranking_metrics(recommended, truth, k)
+    # no revenue here: the quick evaluation's truth carries no amounts (the backtest's does)
+    metrics = ranking_metrics(recommended, truth, k).drop(columns=f"revenue@{k}")
     log.info("evaluation against purchases on %s (%d users):\n%s", context.as_of,
              int(metrics["users"].iloc[0]), metrics.drop(columns="users").round(4).to_string())
     for strategy, row in metrics.iterrows():
