@@ -39,13 +39,29 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--days", type=int, default=75, help="days of history (default 75)")
     demo.add_argument("--conf", help="YAML configuration merged over conf/default.yaml")
 
-    nightly = commands.add_parser("nightly", help="recommend the sales open on a date",
-                                  description="Rank, for every active user, the top sales open on DATE "
-                                              "into OUT/recommendations/run_date=DATE/.")
+    nightly = commands.add_parser(
+        "nightly", help="recommend the sales open on a date",
+        description="Rank, for every active user, the top sales open on DATE with the registered "
+                    "meta-model that carries registry.alias (see `salerank train`), into "
+                    "OUT/recommendations/run_date=DATE/, and export the A/B experiments running on "
+                    "DATE to OUT/exports/run_date=DATE/. Everything is published at once, with "
+                    "OUT/manifests/run_date=DATE/{manifest.json,_SUCCESS} last.")
     nightly.add_argument("--data", required=True, help="input folder in the data contract")
     nightly.add_argument("--date", required=True, type=_date, help="run date, YYYY-MM-DD")
     nightly.add_argument("--out", required=True, help="output folder")
     nightly.add_argument("--conf", help="YAML configuration merged over conf/default.yaml")
+
+    train = commands.add_parser(
+        "train", help="train the meta-model and register it in the MLflow model registry",
+        description="Train the meta-model on the days before DATE (as the nightly run of DATE would "
+                    "see them) and register it as a new version of registry.model_name in the MLflow "
+                    "tracking store (OUT/mlflow.db unless configured). With --alias, move that alias "
+                    "(e.g. champion, which the nightly run scores with) to the new version.")
+    train.add_argument("--data", required=True, help="input folder in the data contract")
+    train.add_argument("--date", required=True, type=_date, help="train on the days before it, YYYY-MM-DD")
+    train.add_argument("--out", required=True, help="output folder (holds the default MLflow store)")
+    train.add_argument("--alias", help="alias to move to the new version (default: none)")
+    train.add_argument("--conf", help="YAML configuration merged over conf/default.yaml")
 
     backtest = commands.add_parser(
         "backtest", help="replay a range of dates and measure every model",
@@ -89,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_label_next(args)
         if args.command == "backtest":
             return run_backtest_command(args)
+        if args.command == "train":
+            return run_train_command(args)
         return run_nightly_command(args)
     except INPUT_ERRORS as err:
         print(f"salerank {args.command}: error: {err}", file=sys.stderr)
@@ -104,6 +122,18 @@ def run_nightly_command(args) -> int:
         raise ConfigError(f"--data {args.data}: no such folder")
     result = run_nightly(get_spark(config), args.data, args.date, args.out, config)
     print(f"{result.rows} recommendations for {result.active_users} users in {result.output}")
+    return 0
+
+
+def run_train_command(args) -> int:
+    from ..jobs.pipeline import run_training
+    from .spark import get_spark
+
+    config = load_config(args.conf)
+    if not Path(args.data).is_dir():
+        raise ConfigError(f"--data {args.data}: no such folder")
+    result = run_training(get_spark(config), args.data, args.date, args.out, config, args.alias)
+    print(f"registered {result.model_version}" + (f" with alias {args.alias!r}" if args.alias else ""))
     return 0
 
 
@@ -128,7 +158,7 @@ def run_backtest_command(args) -> int:
 
 def run_demo(args) -> int:
     from ..world import WorldConfig, generate_world, truth_metrics
-    from .pipeline import run_nightly
+    from .pipeline import run_nightly, run_training
     from .spark import get_spark
 
     config = load_config(args.conf, overrides={"seed": args.seed})
@@ -136,9 +166,16 @@ def run_demo(args) -> int:
     data_dir = world.write(args.out)
     print(f"demo world: {len(world.users)} users, {len(world.sales)} sales, {len(world.visits)} visits, "
           f"{len(world.purchases)} purchases in {data_dir} (truth in {Path(args.out) / 'truth'})")
+    if not config["experiments"]:
+        config["experiments"] = [demo_experiment(world.last_date)]
     spark = get_spark(config)
+    trained = run_training(spark, str(data_dir), world.last_date, args.out, config,
+                           alias=config["registry"]["alias"])
+    print(f"registered {trained.model_version} with alias {config['registry']['alias']!r}")
     result = run_nightly(spark, str(data_dir), world.last_date, args.out, config, keep_rankings=True)
-    print(f"{result.rows} recommendations for {result.active_users} users in {result.output}")
+    print(f"{result.rows} recommendations for {result.active_users} users in {result.output}; "
+          f"A/B exports in {Path(args.out) / 'exports' / f'run_date={world.last_date}'}; "
+          f"manifest in {result.manifest}")
     if result.metrics is not None:
         print(f"\nagainst the purchases on {world.last_date}:\n"
               f"{result.metrics.drop(columns='users').round(4).to_string()}")
@@ -149,6 +186,14 @@ def run_demo(args) -> int:
         print(f"\nagainst the world's true preferences:\n{truth.round(4).to_string()}")
     print(f"\nMLflow: mlflow ui --backend-store-uri sqlite:///{Path(args.out).resolve() / 'mlflow.db'} --workers 1")
     return 0
+
+
+def demo_experiment(day: dt.date) -> dict:
+    """The demo's A/B test: the meta-model against popularity, half and half."""
+    return {"name": "meta-vs-popularity", "salt": "demo", "start": day.isoformat(),
+            "end": (day + dt.timedelta(days=27)).isoformat(),
+            "variants": [{"name": "control", "strategy": "popularity", "weight": 1},
+                         {"name": "treatment", "strategy": "metamodel", "weight": 1}]}
 
 
 def run_label_next(args) -> int:

@@ -8,6 +8,7 @@ records the run in MLflow.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import logging
 import time
@@ -29,10 +30,11 @@ from ..features.loading import load_tables
 from ..metamodel.evaluation import ranking_metrics
 from ..metamodel.ranking import METAMODEL, RANKING_SCHEMA, RankTopK
 from ..metamodel.features import signals_from_config
-from ..metamodel.model import signed_log1p
 from ..metamodel.training import TrainingDataError, feature_names, train_metamodel, training_examples
 from ..recommenders.scoring import score_users
-from .publish import publish_parquet
+from .experiments import export_lines, parse_experiments
+from .publish import Night, PublishError, publish_parquet
+from .registry import load_metamodel, register_metamodel
 from .tracking import start_run
 
 log = logging.getLogger("salerank")
@@ -47,11 +49,20 @@ class NightlyResult:
     rows: int
     active_users: int
     open_sales: int
-    model_version: str | None
+    model_version: str | None  # NAME/VERSION in the model registry
     metrics: pd.DataFrame | None  # per strategy, against purchases on the run date
     timings: dict[str, float] = field(default_factory=dict)
     mlflow_run_id: str = ""
     rankings: pd.DataFrame | None = None  # every strategy's top-k, when asked for
+    manifest: str = ""
+
+
+@dataclass
+class TrainingResult:
+    as_of: dt.date
+    model_version: str  # NAME/VERSION in the model registry
+    metrics: dict
+    mlflow_run_id: str
 
 
 class Stages:
@@ -67,72 +78,163 @@ class Stages:
         yield
         self.seconds[name] = round(time.perf_counter() - start, 3)
         log.info("stage %s done in %.1f s", name, self.seconds[name])
+        mlflow.log_metric(f"seconds_{name}", self.seconds[name])
 
 
 def recommendations_path(out_dir: str, run_date: dt.date) -> str:
     return str(Path(out_dir) / "recommendations" / f"run_date={run_date.isoformat()}")
 
 
+def _load(spark, data_dir, config, stages):
+    """The input tables, the catalogue, and whether the photos' themes are used."""
+    with stages("load"):
+        tables = load_tables(spark, data_dir)
+        for warning in tables.warnings:
+            log.warning("data warning: %s", warning)
+        catalog = Catalog.from_tables(spark, tables)
+    mlflow.set_tag("data_fingerprint", tables.fingerprint)
+    mlflow.log_metrics({f"rows_{name}": float(n) for name, n in tables.row_counts.items()})
+    with_images = bool(config["image_labelling"]["enabled"] and tables.row_counts.get("sale_images"))
+    return tables, catalog, with_images
+
+
+def run_training(spark: SparkSession, data_dir: str, as_of: dt.date, out_dir: str, config: dict,
+                 alias: str | None = None) -> TrainingResult:
+    """Train the meta-model on the days before ``as_of`` and register it as a new version of
+    ``registry.model_name``, moving ``alias`` to it when given."""
+    stages = Stages()
+    with start_run(config, out_dir, run_name=f"train {as_of}") as run:
+        mlflow.log_params({**flatten(config), "data_dir": str(data_dir), "as_of": str(as_of)})
+        tables, catalog, with_images = _load(spark, data_dir, config, stages)
+        if with_images:
+            with stages("images"):
+                catalog = catalog.with_themes(run_image_stage(tables, data_dir, out_dir, config))
+        with stages("train"):
+            model, metrics = _train(tables, catalog, recs.from_config(config, with_images), as_of, config)
+        with stages("register"):
+            registered = register_metamodel(model, config, alias)
+        mlflow.set_tag("registered_model_version", registered.label)
+        return TrainingResult(as_of, registered.label, metrics, run.info.run_id)
+
+
 def run_nightly(spark: SparkSession, data_dir: str, run_date: dt.date, out_dir: str,
                 config: dict, keep_rankings: bool = False) -> NightlyResult:
-    """Recommend, for every user active before ``run_date``, the top sales open on it.
+    """Recommend, for every user active before ``run_date``, the top sales open on it, with
+    the registered meta-model that carries ``registry.alias``; export the A/B experiments
+    running that night. Every output of the night is published together (see ``Night``).
 
     ``keep_rankings`` also returns every strategy's top-k (the meta-model and each
     recommender alone) as pandas: for small worlds, tests and the demo.
     """
+    night = Night(spark, out_dir, run_date)
+    try:
+        return _nightly(spark, data_dir, run_date, out_dir, config, keep_rankings, night)
+    except BaseException:
+        night.abandon()  # nothing of this run was published
+        raise
+
+
+def _nightly(spark, data_dir, run_date, out_dir, config, keep_rankings, night) -> NightlyResult:
     stages = Stages()
     with start_run(config, out_dir, run_name=f"nightly {run_date}") as run:
         mlflow.log_params({**flatten(config), "data_dir": str(data_dir), "run_date": str(run_date)})
-        with stages("load"):
-            tables = load_tables(spark, data_dir)
-            for warning in tables.warnings:
-                log.warning("data warning: %s", warning)
-            catalog = Catalog.from_tables(spark, tables)
-        with_images = bool(config["image_labelling"]["enabled"] and tables.row_counts.get("sale_images"))
+        mlflow.set_tag("run_date", str(run_date))
+        tables, catalog, with_images = _load(spark, data_dir, config, stages)
+        prototypes = recs.from_config(config, with_images=with_images)
+        strategies = [METAMODEL, *[r.name for r in prototypes]]
+        experiments = [e for e in parse_experiments(config, strategies) if e.running_on(run_date)]
+        scorers = prototypes + signals_from_config(config)
+        ranked_names = tuple(r.name for r in prototypes) if config["metamodel"]["ranks"] else ()
+        registered = load_metamodel(config, feature_names(scorers, ranked_names))
+        mlflow.set_tags({"model_version": registered.label, "model_run_id": registered.run_id})
         if with_images:
             with stages("images"):
-                catalog = catalog.with_themes(run_image_stage(tables, data_dir, out_dir, run_date, config))
+                catalog = catalog.with_themes(run_image_stage(tables, data_dir, out_dir, config, night))
         context = ScoringContext.build(tables, catalog, run_date)
         active = context.active_users(config["active_lookback_days"]).cache()
         n_active, n_open = active.count(), len(context.open_idx)
-        mlflow.set_tags({"data_fingerprint": tables.fingerprint, "run_date": str(run_date)})
-        mlflow.log_metrics({f"rows_{name}": float(n) for name, n in tables.row_counts.items()})
         mlflow.log_metrics({"active_users": float(n_active), "open_sales": float(n_open)})
         log.info("%d active users, %d sales open on %s", n_active, n_open, run_date)
-        model, metrics, rankings = None, None, None
-        prototypes = recs.from_config(config, with_images=with_images)
-        output = recommendations_path(out_dir, run_date)
         if n_active and n_open:
-            with stages("train"):
-                model = _train(tables, catalog, prototypes, run_date, config)
             with stages("score"):
-                ranked = rank_users(context, prototypes, model, active, config).cache()
-            recommendations = (ranked.filter(F.col("strategy") == METAMODEL)
-                               .select("user_id", "rank", "sale_id", "score",
-                                       F.lit(model.version_).alias("model_version")))
+                ranked = rank_users(context, prototypes, registered.model, active, config).cache()
         else:
             log.warning("nothing to rank on %s (%d active users, %d open sales): publishing an "
                         "empty output", run_date, n_active, n_open)
-            recommendations = spark.createDataFrame([], RECOMMENDATIONS_SCHEMA)
+            ranked = spark.createDataFrame([], RANKING_SCHEMA)
+        with stages("export"):
+            recommendations = (ranked.filter(F.col("strategy") == METAMODEL)
+                               .select("user_id", "rank", "sale_id", "score",
+                                       F.lit(registered.label).alias("model_version")))
+            rows = night.write_parquet(recommendations, "recommendations")["rows"]
+            exported = {e.name: _export(night, ranked, active, e, run_date, registered.label)
+                        for e in experiments}
         with stages("publish"):
-            rows = publish_parquet(recommendations, output)
-        log.info("published %d recommendations to %s", rows, output)
-        if model is not None:
+            _check_night(night, rows, n_active, n_open, config["top_k"], exported)
+            manifest = night.commit(_manifest(config, tables, registered, run_date, n_active, n_open,
+                                              experiments, exported))
+        output = recommendations_path(out_dir, run_date)
+        log.info("published %d recommendations to %s (manifest %s)", rows, output, manifest)
+        metrics, rankings = None, None
+        if n_active and n_open:
             with stages("evaluate"):
                 metrics = _evaluate(tables, catalog, context, ranked, config["top_k"])
             if keep_rankings:
                 rankings = ranked.toPandas()
-            ranked.unpersist()
+        ranked.unpersist()
         active.unpersist()
-        mlflow.log_metrics({f"seconds_{name}": s for name, s in stages.seconds.items()})
-        return NightlyResult(run_date, output, rows, n_active, n_open,
-                             model.version_ if model else None, metrics, stages.seconds,
-                             run.info.run_id, rankings)
+        return NightlyResult(run_date, output, rows, n_active, n_open, registered.label, metrics,
+                             stages.seconds, run.info.run_id, rankings, manifest)
 
 
-def run_image_stage(tables, data_dir, out_dir, run_date, config) -> pd.DataFrame:
-    """Tag the photos (cached by content and model version), publish the tags and the
-    themes of the night, and return each sale's theme weights."""
+def _export(night, ranked, active, experiment, run_date, model_label) -> dict:
+    """Stage one JSON Lines file per variant under ``exports/EXPERIMENT/``; users per variant."""
+    lines = export_lines(ranked, active, experiment, run_date, model_label, METAMODEL).cache()
+    users = {}
+    for variant in experiment.variants:
+        one = lines.filter(F.col("variant") == variant.name).repartition(1).sortWithinPartitions("user_id")
+        users[variant.name] = night.write_jsonl(one.select("value"), "exports", experiment.name,
+                                                f"{variant.name}.jsonl")["rows"]
+    lines.unpersist()
+    log.info("experiment %s: %s", experiment.name, ", ".join(f"{v} {n} users" for v, n in users.items()))
+    mlflow.log_metrics({f"export.{experiment.name}.{v}": float(n) for v, n in users.items()})
+    return users
+
+
+def _check_night(night, rows, n_active, n_open, k, exported) -> None:
+    """What must hold before anything is published."""
+    expected = n_active * min(k, n_open)
+    # a user who already bought most open sales may get fewer than k
+    if rows > expected or (n_active and n_open and rows == 0):
+        raise PublishError(f"recommendations: {rows} rows for {n_active} users and {n_open} open "
+                           f"sales (at most {expected} expected)")
+    for name, users in exported.items():
+        if sum(users.values()) > n_active:
+            raise PublishError(f"exports/{name}: {sum(users.values())} users exported, only "
+                               f"{n_active} active")
+
+
+def _manifest(config, tables, registered, run_date, n_active, n_open, experiments, exported) -> dict:
+    """What the night published and from what: enough to tell two nights apart or equal."""
+    config_hash = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
+    return {
+        "run_date": run_date.isoformat(),
+        "active_users": n_active,
+        "open_sales": n_open,
+        "model": {"name": registered.name, "version": registered.version,
+                  "alias": config["registry"]["alias"], "run_id": registered.run_id,
+                  "content_version": registered.model.version_},
+        "config_sha256": config_hash,
+        "data_fingerprint": tables.fingerprint,
+        "experiments": {e.name: {"salt": e.salt, "variants": {
+            v.name: {"strategy": v.strategy, "weight": v.weight, "users": exported[e.name][v.name]}
+            for v in e.variants}} for e in experiments},
+    }
+
+
+def run_image_stage(tables, data_dir, out_dir, config, night=None) -> pd.DataFrame:
+    """Tag the photos (cached by content and model version), stage the tags and the themes
+    in ``night`` when given, and return each sale's theme weights."""
     spark = tables.sales.sparkSession
     cache_path = str(Path(out_dir) / "image_cache")
     cache = spark.read.parquet(cache_path) if Path(cache_path).exists() else None
@@ -141,8 +243,8 @@ def run_image_stage(tables, data_dir, out_dir, run_date, config) -> pd.DataFrame
         log.warning("image skipped: %s: %s", path, reason)
     if len(result.failures) > 20:
         log.warning("... and %d more images skipped", len(result.failures) - 20)
-    night = f"run_date={run_date.isoformat()}"
-    publish_parquet(result.tags, str(Path(out_dir) / "image_tags" / night))
+    if night is not None:
+        night.write_parquet(result.tags, "image_tags")
     tags = result.tags.toPandas()
     publish_parquet(result.cache, cache_path)  # after the last read of the old cache
     mlflow.set_tag("tagger_version", result.model_version)
@@ -156,9 +258,9 @@ def run_image_stage(tables, data_dir, out_dir, run_date, config) -> pd.DataFrame
         raise TrainingDataError("no sale photo could be tagged: see the skipped images above")
     themes = fit_themes(tags, config["image_labelling"]["themes"], config["seed"])
     long = themes.sale_themes.reset_index().melt(id_vars="sale_id", var_name="theme", value_name="weight")
-    base = Path(out_dir) / "themes" / night
-    publish_parquet(spark.createDataFrame(long[long["weight"] > 0]), str(base / "sale_themes"))
-    publish_parquet(spark.createDataFrame(themes.theme_tags), str(base / "theme_tags"))
+    if night is not None:
+        night.write_parquet(spark.createDataFrame(long[long["weight"] > 0]), "themes", "sale_themes")
+        night.write_parquet(spark.createDataFrame(themes.theme_tags), "themes", "theme_tags")
     examples = (tags.drop_duplicates("sale_id").set_index("sale_id")["image_path"])
     table = themes.theme_tags.groupby("theme")["tag"].apply(" ".join).to_frame("top_tags")
     table["example_images"] = [" ".join(examples.reindex(themes.sale_themes[t].nlargest(3).index).dropna())
@@ -212,20 +314,19 @@ def rank_users(context, prototypes, model, users, config):
                        RANKING_SCHEMA, config["spark"]["scoring_partitions"])
 
 
-def _train(tables, catalog, prototypes, run_date, config):
-    model, metrics, report = fit_metamodel(tables, catalog, prototypes, run_date, config)
+def _train(tables, catalog, prototypes, as_of, config):
+    """Fit the meta-model for ``as_of`` and log its metrics, tuning grid, calibration and
+    coefficients to the active run."""
+    model, metrics, report = fit_metamodel(tables, catalog, prototypes, as_of, config)
     mlflow.log_metrics(metrics)
     if report["grid"]:
         mlflow.log_text(pd.DataFrame(report["grid"]).to_csv(index=False), "metamodel_validation_grid.csv")
     if "reliability" in report:
         mlflow.log_text(report["reliability"].to_csv(), "metamodel_reliability.csv")
         mlflow.log_figure(reliability_figure(report["reliability"]), "metamodel_reliability.png")
-    mlflow.set_tag("model_version", model.version_)
+    mlflow.set_tag("model_content_version", model.version_)
     mlflow.log_dict(model.coefficients_, "metamodel_coefficients.json")
-    mlflow.sklearn.log_model(model.pipeline_, name="metamodel",
-                             pip_requirements=["scikit-learn", "numpy", "salerank"],
-                             skops_trusted_types=[f"{signed_log1p.__module__}.signed_log1p"])
-    return model
+    return model, metrics
 
 
 def reliability_figure(table: pd.DataFrame):

@@ -1,5 +1,6 @@
 """End to end: the nightly run on a small generated world, through the command line."""
 import datetime as dt
+import json
 
 import mlflow
 import pandas as pd
@@ -7,23 +8,42 @@ import pytest
 import yaml
 
 from salerank.jobs.cli import main
-from salerank.jobs.pipeline import run_nightly
+from salerank.jobs.experiments import parse_experiments, variant_of
+from salerank.jobs.pipeline import run_nightly, run_training
 from salerank.world import truth_metrics
 
 pytestmark = pytest.mark.slow
 
 
+EXPERIMENT = {"name": "meta-vs-pop", "salt": "test", "start": "2025-01-01", "end": "2030-12-31",
+              "variants": [{"name": "control", "strategy": "popularity", "weight": 1},
+                           {"name": "treatment", "strategy": "metamodel", "weight": 3}]}
+
+
 @pytest.fixture(scope="module")
-def conf_file(config, tmp_path_factory):
+def night_config(config):
+    return {**config, "experiments": [EXPERIMENT]}
+
+
+@pytest.fixture(scope="module")
+def conf_file(night_config, tmp_path_factory):
     path = tmp_path_factory.mktemp("conf") / "small.yaml"
-    path.write_text(yaml.safe_dump({"spark": config["spark"], "metamodel": config["metamodel"]}))
+    path.write_text(yaml.safe_dump({key: night_config[key] for key in ("spark", "metamodel", "experiments")}))
     return path
 
 
 @pytest.fixture(scope="module")
-def night(spark, world, world_dir, config, tmp_path_factory):
+def trained(spark, world, world_dir, config, tmp_path_factory):
+    """A meta-model registered with the alias the nightly run uses, in OUT's MLflow store."""
     out = tmp_path_factory.mktemp("night")
-    result = run_nightly(spark, str(world_dir / "data"), world.last_date, str(out), config,
+    result = run_training(spark, str(world_dir / "data"), world.last_date, str(out), config, alias="champion")
+    return result, out
+
+
+@pytest.fixture(scope="module")
+def night(spark, world, world_dir, night_config, trained):
+    _, out = trained
+    result = run_nightly(spark, str(world_dir / "data"), world.last_date, str(out), night_config,
                          keep_rankings=True)
     return result, out
 
@@ -70,27 +90,79 @@ def test_quick_evaluation_against_the_days_purchases(world, night):
     assert result.metrics[["precision@10", "recall@10", "ndcg@10"]].stack().between(0, 1).all()
 
 
-def test_run_is_recorded_in_mlflow(night):
-    result, out = night
+def test_training_is_recorded_and_registered_in_mlflow(trained):
+    result, out = trained
+    assert result.model_version == "salerank-metamodel/1"
     mlflow.set_tracking_uri(f"sqlite:///{out / 'mlflow.db'}")
     run = mlflow.get_run(result.mlflow_run_id)
     assert run.info.status == "FINISHED"
-    assert run.data.tags["model_version"] == result.model_version
-    assert len(run.data.tags["data_fingerprint"]) == 64
     assert run.data.params["metamodel.train_days"] == "6"
-    assert run.data.metrics["metamodel.ndcg_at_10"] == pytest.approx(result.metrics.loc["metamodel", "ndcg@10"])
-    assert "validation_auc" in run.data.metrics
+    assert "validation_auc" in run.data.metrics and run.data.metrics["chosen_C"] in (0.01, 0.1, 1.0, 10.0)
     features = len(mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/metamodel_coefficients.json")) - 1
     assert features == 6 + 4 + 6  # six recommenders' scores, four signals, six ranks
-    loaded = mlflow.sklearn.load_model(f"runs:/{run.info.run_id}/metamodel")
+    version = mlflow.MlflowClient().get_model_version_by_alias("salerank-metamodel", "champion")
+    assert str(version.version) == "1" and version.run_id == run.info.run_id
+    loaded = mlflow.sklearn.load_model("models:/salerank-metamodel@champion")
     assert loaded.predict_proba([[1.0] * features]).shape == (1, 2)
-    assert run.data.metrics["chosen_C"] in (0.01, 0.1, 1.0, 10.0)
     root = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
     assert {"metamodel_reliability.png", "metamodel_reliability.csv", "metamodel_validation_grid.csv"} <= root
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "tagger")}
     assert {"tagger/head.weights.h5", "tagger/tagger.json", "tagger/per_tag_metrics.json"} <= artifacts
     assert run.data.metrics["tagger_top1_accuracy"] > 0.9  # held-out fifth of the hand labels
     assert run.data.tags["tagger_version"].startswith("tagger-")
+
+
+def test_night_is_recorded_in_mlflow_with_the_model_version_it_used(night, trained):
+    result, out = night
+    mlflow.set_tracking_uri(f"sqlite:///{out / 'mlflow.db'}")
+    run = mlflow.get_run(result.mlflow_run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["model_version"] == result.model_version == "salerank-metamodel/1"
+    assert run.data.tags["model_run_id"] == trained[0].mlflow_run_id
+    assert len(run.data.tags["data_fingerprint"]) == 64
+    assert run.data.metrics["metamodel.ndcg_at_10"] == pytest.approx(result.metrics.loc["metamodel", "ndcg@10"])
+    assert {"seconds_load", "seconds_images", "seconds_score", "seconds_export",
+            "seconds_publish"} <= set(run.data.metrics)
+
+
+def test_manifest_lists_every_output_with_rows_and_checksums(world, night):
+    result, out = night
+    name = f"run_date={world.last_date}"
+    assert (out / "manifests" / name / "_SUCCESS").exists()
+    manifest = json.loads((out / "manifests" / name / "manifest.json").read_text())
+    assert manifest["model"]["name"] == "salerank-metamodel" and manifest["model"]["version"] == "1"
+    assert manifest["model"]["alias"] == "champion" and len(manifest["data_fingerprint"]) == 64
+    assert manifest["active_users"] == result.active_users
+    outputs = manifest["outputs"]
+    assert outputs[f"recommendations/{name}"]["rows"] == result.rows
+    assert {f"image_tags/{name}", f"themes/{name}/sale_themes", f"themes/{name}/theme_tags",
+            f"exports/{name}/meta-vs-pop/control.jsonl", f"exports/{name}/meta-vs-pop/treatment.jsonl"
+            } <= set(outputs)
+    assert all(o["checksum"].startswith("xxhash64-sum:") for o in outputs.values())
+    assert not list((out / "_staging").iterdir())
+
+
+def test_ab_exports_split_users_by_salted_hash(world, night, night_config):
+    result, out = night
+    folder = out / "exports" / f"run_date={world.last_date}" / "meta-vs-pop"
+    lines = {v: [json.loads(line) for line in (folder / f"{v}.jsonl").read_text().splitlines()]
+             for v in ("control", "treatment")}
+    experiment = parse_experiments(night_config, ["metamodel", "popularity"])[0]
+    users = {v: [line["user_id"] for line in rows] for v, rows in lines.items()}
+    assert sorted(users["control"] + users["treatment"]) == sorted(result.rankings.user_id.unique())
+    for variant, ids in users.items():
+        assert ids == sorted(ids) and all(variant_of(experiment, u) == variant for u in ids)
+    assert 0.65 < len(users["treatment"]) / result.active_users < 0.85  # weights 1:3
+    ranked = result.rankings.set_index(["strategy", "user_id"]).sort_index()
+    for variant, strategy in (("control", "popularity"), ("treatment", "metamodel")):
+        line = lines[variant][0]
+        assert line["experiment"] == "meta-vs-pop" and line["variant"] == variant
+        assert line["strategy"] == strategy and line["run_date"] == str(world.last_date)
+        expected = ranked.loc[(strategy, line["user_id"])].sort_values("rank")
+        assert [r["position"] for r in line["recommendations"]] == list(range(1, 11))
+        assert [r["sale_id"] for r in line["recommendations"]] == expected.sale_id.tolist()
+    assert lines["treatment"][0]["model_version"] == "salerank-metamodel/1"
+    assert lines["control"][0]["model_version"] == "popularity"
 
 
 def test_photos_are_tagged_with_their_scenes_and_themes_published(spark, world, night):
@@ -112,6 +184,8 @@ def test_photos_are_tagged_with_their_scenes_and_themes_published(spark, world, 
 def test_rerun_of_a_night_is_identical_and_reuses_the_image_cache(world, world_dir, night, conf_file, caplog):
     result, out = night
     relative = f"recommendations/run_date={world.last_date}"
+    manifest = out / "manifests" / f"run_date={world.last_date}" / "manifest.json"
+    first_manifest = manifest.read_bytes()
     first = pd.read_parquet(out / relative).sort_values(["user_id", "rank"]).reset_index(drop=True)
     with caplog.at_level("INFO", logger="salerank"):
         code = main(["nightly", "--data", str(world_dir / "data"), "--date", str(world.last_date),
@@ -120,6 +194,28 @@ def test_rerun_of_a_night_is_identical_and_reuses_the_image_cache(world, world_d
     assert "0 images tagged now, the others from the cache" in caplog.text
     again = pd.read_parquet(out / relative).sort_values(["user_id", "rank"]).reset_index(drop=True)
     pd.testing.assert_frame_equal(first, again)
+    assert manifest.read_bytes() == first_manifest  # same rows, checksums, model, config, data
+
+
+def test_nightly_without_a_registered_model_says_how_to_train_one(world, world_dir, conf_file, tmp_path, capsys):
+    code = main(["nightly", "--data", str(world_dir / "data"), "--date", str(world.last_date),
+                 "--out", str(tmp_path), "--conf", str(conf_file)])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert "no version of the registered model 'salerank-metamodel' carries the alias 'champion'" in err
+    assert "salerank train" in err
+    assert not (tmp_path / "recommendations").exists() and not (tmp_path / "manifests").exists()
+
+
+def test_a_model_trained_with_other_features_is_refused(world, world_dir, night, tmp_path, capsys):
+    _, out = night
+    conf = tmp_path / "noimages.yaml"
+    conf.write_text(yaml.safe_dump({"image_labelling": {"enabled": False}}))
+    code = main(["nightly", "--data", str(world_dir / "data"), "--date", str(world.last_date - dt.timedelta(days=1)),
+                 "--out", str(out), "--conf", str(conf)])
+    err = capsys.readouterr().err
+    assert code == 2 and "needs the features ['image_themes', 'rank_image_themes']" in err
+    assert not (out / "manifests" / f"run_date={world.last_date - dt.timedelta(days=1)}").exists()
 
 
 def test_bad_data_exits_non_zero_and_publishes_nothing(world, world_dir, conf_file, tmp_path, capsys):
@@ -139,12 +235,16 @@ def test_bad_data_exits_non_zero_and_publishes_nothing(world, world_dir, conf_fi
     assert not (tmp_path / "out" / "recommendations").exists()
 
 
-def test_night_without_open_sales_publishes_an_empty_output(spark, world, world_dir, config, tmp_path):
+def test_night_without_open_sales_publishes_an_empty_output(spark, world, world_dir, night_config, night):
+    _, out = night
     later = world.last_date + dt.timedelta(days=20)  # every sale has closed; users still active
-    result = run_nightly(spark, str(world_dir / "data"), later, str(tmp_path), config)
+    result = run_nightly(spark, str(world_dir / "data"), later, str(out), night_config)
     assert result.open_sales == 0 and result.active_users > 0 and result.rows == 0
     empty = spark.read.parquet(result.output)
     assert empty.count() == 0 and "model_version" in empty.columns
+    exports = out / "exports" / f"run_date={later}" / "meta-vs-pop"
+    assert (exports / "control.jsonl").read_text() == "" and (exports / "treatment.jsonl").read_text() == ""
+    assert (out / "manifests" / f"run_date={later}" / "_SUCCESS").exists()
 
 
 def test_cli_usage_errors():
