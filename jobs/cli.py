@@ -92,6 +92,23 @@ def build_parser() -> argparse.ArgumentParser:
     label.add_argument("--n", type=int, default=50, help="photos to propose (default 50)")
     label.add_argument("--out", help="write the CSV here instead of standard output")
     label.add_argument("--conf", help="YAML configuration merged over conf/default.yaml")
+
+    ab = commands.add_parser("ab", help="A/B experiments: `salerank ab report`",
+                             description="Measure the A/B experiments that the nightly run exports.")
+    ab_commands = ab.add_subparsers(dest="ab_command", required=True, metavar="AB_COMMAND")
+    report = ab_commands.add_parser(
+        "report", help="conversion, revenue and uplift per variant",
+        description="From the published exports of EXPERIMENT in OUT and the purchases in DATA: per "
+                    "variant, the users exposed, conversion (a purchase from their first exported "
+                    "night until WINDOW days after the last) and revenue per user, the uplift over "
+                    "the first variant with 95%% confidence intervals, and a sample-ratio-mismatch "
+                    "check. Prints a table, writes OUT/ab_reports/EXPERIMENT.json and logs an MLflow run.")
+    report.add_argument("--data", required=True, help="input folder in the data contract (for the purchases)")
+    report.add_argument("--out", required=True, help="the nightly run's output folder")
+    report.add_argument("--experiment", required=True, help="experiment name, as in the configuration")
+    report.add_argument("--window-days", type=int, default=7,
+                        help="count purchases until this many days after the last night (default 7)")
+    report.add_argument("--conf", help="YAML configuration merged over conf/default.yaml")
     return parser
 
 
@@ -107,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_backtest_command(args)
         if args.command == "train":
             return run_train_command(args)
+        if args.command == "ab":
+            return run_ab_report(args)
         return run_nightly_command(args)
     except INPUT_ERRORS as err:
         print(f"salerank {args.command}: error: {err}", file=sys.stderr)
@@ -134,6 +153,42 @@ def run_train_command(args) -> int:
         raise ConfigError(f"--data {args.data}: no such folder")
     result = run_training(get_spark(config), args.data, args.date, args.out, config, args.alias)
     print(f"registered {result.model_version}" + (f" with alias {args.alias!r}" if args.alias else ""))
+    return 0
+
+
+def run_ab_report(args) -> int:
+    import json
+
+    import mlflow
+
+    from ..features.loading import load_tables
+    from .ab_report import ab_report, report_table
+    from .spark import get_spark
+    from .tracking import start_run
+
+    config = load_config(args.conf)
+    if not Path(args.data).is_dir():
+        raise ConfigError(f"--data {args.data}: no such folder")
+    spark = get_spark(config)
+    report = ab_report(spark, load_tables(spark, args.data), args.out, args.experiment, args.window_days)
+    print(report_table(report))
+    target = Path(args.out) / "ab_reports" / f"{args.experiment}.json"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staged = target.with_name(f"_{target.name}.tmp")
+    staged.write_text(json.dumps(report, indent=2))
+    staged.replace(target)  # never a half-written report
+    with start_run(config, args.out, run_name=f"ab report {args.experiment}"):
+        mlflow.set_tags({"experiment": args.experiment, "sample_ratio_mismatch": report["sample_ratio"]["mismatch"]})
+        mlflow.log_metric("srm_p_value", report["sample_ratio"]["p_value"])
+        for variant, entry in report["variants"].items():
+            mlflow.log_metrics({f"{variant}.users": entry["users"], f"{variant}.conversion": entry["conversion"],
+                                f"{variant}.revenue_per_user": entry["revenue_per_user"]})
+            for metric, uplift in entry.get("uplift", {}).items():
+                if uplift["uplift"] is not None:
+                    mlflow.log_metrics({f"{variant}.{metric}_uplift{suffix}": uplift[key]
+                                        for suffix, key in (("", "uplift"), ("_low", "low"), ("_high", "high"))})
+        mlflow.log_dict(report, "ab_report.json")
+    print(f"report in {target}")
     return 0
 
 

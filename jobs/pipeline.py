@@ -7,6 +7,7 @@ records the run in MLflow.
 """
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import hashlib
 import json
@@ -24,7 +25,7 @@ from pyspark.sql import functions as F
 from .. import recommenders as recs
 from ..conf import flatten
 from ..features.history import Catalog, ScoringContext, purchases_on
-from ..features.themes import fit_themes
+from ..features.themes import Themes, fit_themes, theme_table
 from ..image_labelling.stage import tag_images
 from ..features.loading import load_tables
 from ..metamodel.evaluation import ranking_metrics
@@ -33,6 +34,7 @@ from ..metamodel.features import signals_from_config
 from ..metamodel.training import TrainingDataError, feature_names, train_metamodel, training_examples
 from ..recommenders.scoring import score_users
 from .experiments import export_lines, parse_experiments
+from .night_report import night_report
 from .publish import Night, PublishError, publish_parquet
 from .registry import load_metamodel, register_metamodel
 from .tracking import start_run
@@ -108,7 +110,7 @@ def run_training(spark: SparkSession, data_dir: str, as_of: dt.date, out_dir: st
         tables, catalog, with_images = _load(spark, data_dir, config, stages)
         if with_images:
             with stages("images"):
-                catalog = catalog.with_themes(run_image_stage(tables, data_dir, out_dir, config))
+                catalog = catalog.with_themes(run_image_stage(tables, data_dir, out_dir, config).sale_themes)
         with stages("train"):
             model, metrics = _train(tables, catalog, recs.from_config(config, with_images), as_of, config)
         with stages("register"):
@@ -147,9 +149,11 @@ def _nightly(spark, data_dir, run_date, out_dir, config, keep_rankings, night) -
         ranked_names = tuple(r.name for r in prototypes) if config["metamodel"]["ranks"] else ()
         registered = load_metamodel(config, feature_names(scorers, ranked_names))
         mlflow.set_tags({"model_version": registered.label, "model_run_id": registered.run_id})
+        themes = None
         if with_images:
             with stages("images"):
-                catalog = catalog.with_themes(run_image_stage(tables, data_dir, out_dir, config, night))
+                themes = run_image_stage(tables, data_dir, out_dir, config, night)
+                catalog = catalog.with_themes(themes.sale_themes)
         context = ScoringContext.build(tables, catalog, run_date)
         active = context.active_users(config["active_lookback_days"]).cache()
         n_active, n_open = active.count(), len(context.open_idx)
@@ -169,6 +173,11 @@ def _nightly(spark, data_dir, run_date, out_dir, config, keep_rankings, night) -
             rows = night.write_parquet(recommendations, "recommendations")["rows"]
             exported = {e.name: _export(night, ranked, active, e, run_date, registered.label)
                         for e in experiments}
+        with stages("report"):
+            _report(night, context, tables, ranked, themes, prototypes, data_dir, config, {
+                "model": registered.label, "active users": n_active, "open sales": n_open,
+                **{f"experiment {name}": ", ".join(f"{v}: {n} users" for v, n in users.items())
+                   for name, users in exported.items()}})
         with stages("publish"):
             _check_night(night, rows, n_active, n_open, config["top_k"], exported)
             manifest = night.commit(_manifest(config, tables, registered, run_date, n_active, n_open,
@@ -199,6 +208,15 @@ def _export(night, ranked, active, experiment, run_date, model_label) -> dict:
     log.info("experiment %s: %s", experiment.name, ", ".join(f"{v} {n} users" for v, n in users.items()))
     mlflow.log_metrics({f"export.{experiment.name}.{v}": float(n) for v, n in users.items()})
     return users
+
+
+def _report(night, context, tables, ranked, themes, prototypes, data_dir, config, summary) -> None:
+    """Stage the night's HTML report (see ``night_report``) and log it to MLflow."""
+    image_themes = next((copy.deepcopy(p).fit(context) for p in prototypes if p.name == "image_themes"), None)
+    page = night_report(context, tables, ranked, themes, image_themes, str(data_dir), summary,
+                        config["report"]["sample_users"], config["seed"])
+    night.write_bytes(page.encode(), "reports", "index.html")
+    mlflow.log_text(page, "night_report.html")
 
 
 def _check_night(night, rows, n_active, n_open, k, exported) -> None:
@@ -232,9 +250,9 @@ def _manifest(config, tables, registered, run_date, n_active, n_open, experiment
     }
 
 
-def run_image_stage(tables, data_dir, out_dir, config, night=None) -> pd.DataFrame:
+def run_image_stage(tables, data_dir, out_dir, config, night=None) -> Themes:
     """Tag the photos (cached by content and model version), stage the tags and the themes
-    in ``night`` when given, and return each sale's theme weights."""
+    in ``night`` when given, and return the themes (``sale_themes``: each sale's weights)."""
     spark = tables.sales.sparkSession
     cache_path = str(Path(out_dir) / "image_cache")
     cache = spark.read.parquet(cache_path) if Path(cache_path).exists() else None
@@ -261,14 +279,11 @@ def run_image_stage(tables, data_dir, out_dir, config, night=None) -> pd.DataFra
     if night is not None:
         night.write_parquet(spark.createDataFrame(long[long["weight"] > 0]), "themes", "sale_themes")
         night.write_parquet(spark.createDataFrame(themes.theme_tags), "themes", "theme_tags")
-    examples = (tags.drop_duplicates("sale_id").set_index("sale_id")["image_path"])
-    table = themes.theme_tags.groupby("theme")["tag"].apply(" ".join).to_frame("top_tags")
-    table["example_images"] = [" ".join(examples.reindex(themes.sale_themes[t].nlargest(3).index).dropna())
-                               for t in table.index]
-    mlflow.log_text(table.to_csv(), "themes.csv")
+    table = theme_table(themes, tags.drop_duplicates("sale_id").set_index("sale_id")["image_path"])
+    mlflow.log_text(table.map(" ".join).to_csv(), "themes.csv")
     mlflow.sklearn.log_model(themes.model, name="themes_nmf", pip_requirements=["scikit-learn"])
     log.info("%d themes: %s", len(themes.names), ", ".join(themes.names))
-    return themes.sale_themes
+    return themes
 
 
 def _log_tagger(tagger, config) -> None:

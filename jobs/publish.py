@@ -8,11 +8,15 @@ Works on any Hadoop file system (local, HDFS, S3A, ...).
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import uuid
 
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
+
+log = logging.getLogger("salerank")
 
 
 class PublishError(RuntimeError):
@@ -25,6 +29,7 @@ class _FileSystem:
     def __init__(self, spark, path: str):
         self.jvm = spark.sparkContext._jvm
         self.fs = self.path(path).getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+        self.fs.setWriteChecksum(False)  # no hidden .crc beside the files handed to the website
 
     def path(self, first, *children: str):
         """A Hadoop path: ``first`` (a string or a path) joined with each child name."""
@@ -32,6 +37,12 @@ class _FileSystem:
         for child in children:
             path = self.jvm.org.apache.hadoop.fs.Path(path, child)
         return path
+
+    def drop_checksum(self, path) -> None:
+        """Delete the hidden ``.NAME.crc`` that the local file system keeps beside a file."""
+        crc = self.path(path.getParent(), f".{path.getName()}.crc")
+        if self.fs.exists(crc):
+            self.fs.delete(crc, False)
 
     def replace(self, staged, target) -> None:
         """Move ``staged`` to ``target``, replacing what was there (kept aside until then)."""
@@ -80,11 +91,15 @@ class Night:
     """The outputs of one night, staged together and published together.
 
     Each output is written under ``OUT/_staging/run_date=D-TOKEN/<part>`` and read back
-    (rows, checksum). :meth:`commit` then withdraws the night's marker, moves every part to
-    ``OUT/<part>/run_date=D`` and writes ``OUT/manifests/run_date=D/{manifest.json,_SUCCESS}``
-    last. A night is published when its ``_SUCCESS`` exists; a crash before the commit
-    leaves every published output as it was, and a re-run of the date completes.
+    (rows, checksum). :meth:`commit` stages the manifest and a ``_COMMIT`` journal, withdraws
+    the night's marker, moves every part to ``OUT/<part>/run_date=D`` and moves
+    ``manifests/run_date=D/{manifest.json,_SUCCESS}`` in last. A night is published when its
+    ``_SUCCESS`` exists. A crash before the journal leaves every published output as it was
+    (the staging is deleted by the next run of the date); a crash after it is rolled forward
+    by the next run of the date, which first finishes the interrupted commit.
     """
+
+    JOURNAL = "_COMMIT"
 
     def __init__(self, spark, out_dir: str, run_date):
         self.spark, self.run_date = spark, run_date
@@ -94,13 +109,22 @@ class Night:
         staging_root = self.files.path(self.out, "_staging")
         for stale in self._listing(staging_root):  # left by a crashed run of this date
             if stale.getPath().getName().startswith(self.name + "-"):
-                self.files.fs.delete(stale.getPath(), True)
+                self._recover(stale.getPath())
         self.staging = self.files.path(staging_root, f"{self.name}-{uuid.uuid4().hex[:12]}")
         self.parts: list[str] = []
         self.outputs: dict[str, dict] = {}
 
     def _listing(self, folder):
         return self.files.fs.listStatus(folder) if self.files.fs.exists(folder) else []
+
+    def _recover(self, staging) -> None:
+        """Finish the commit a crashed run had started, or drop what it had only staged."""
+        journal = self.files.path(staging, self.JOURNAL)
+        if self.files.fs.exists(journal):
+            log.warning("%s: finishing the commit of an interrupted run", staging)
+            self._move_in(staging, [s.getPath().getName() for s in self._listing(staging)
+                                    if not s.getPath().getName().startswith("_")])
+        self.files.fs.delete(staging, True)
 
     def staged(self, part: str, *inner: str) -> str:
         """Where to write part ``part`` (``recommendations``, ``exports``, ...) before the commit."""
@@ -125,7 +149,17 @@ class Night:
         elif len(written) > 1 or not self.files.fs.rename(written[0], path):
             raise PublishError(f"{path}: expected one part file, got {len(written)}")
         self.files.fs.delete(folder, True)
+        self.files.drop_checksum(path)
         return self.record(part, *inner, frame=self.spark.read.text(path.toString()))
+
+    def write_bytes(self, content: bytes, part: str, *inner: str) -> dict:
+        """Stage one file (a report) and record its size and SHA-256."""
+        stream = self.files.fs.create(self.files.path(self.staged(part, *inner)))
+        stream.write(bytearray(content))
+        stream.close()
+        entry = {"bytes": len(content), "checksum": f"sha256:{hashlib.sha256(content).hexdigest()}"}
+        self.outputs["/".join([part, self.name, *inner])] = entry
+        return entry
 
     def record(self, part: str, *inner: str, frame: DataFrame) -> dict:
         rows, checksum = content_checksum(frame)
@@ -135,18 +169,28 @@ class Night:
 
     def commit(self, manifest: dict) -> str:
         """Publish every staged part, then the manifest and the ``_SUCCESS`` marker."""
-        marker = self.files.path(self.out, "manifests", self.name)
-        self.files.fs.delete(marker, True)  # the date is being replaced: not complete until the end
-        for part in self.parts:
-            self.files.replace(self.files.path(self.staging, part), self.files.path(self.out, part, self.name))
-        staged_marker = self.files.path(self.staging, "manifest")
+        staged_marker = self.files.path(self.staging, "manifests")
         stream = self.files.fs.create(self.files.path(staged_marker, "manifest.json"))
         stream.write(bytearray(json.dumps({**manifest, "outputs": self.outputs}, indent=2, sort_keys=True).encode()))
         stream.close()
         self.files.fs.create(self.files.path(staged_marker, "_SUCCESS")).close()
-        self.files.replace(staged_marker, marker)
+        self.files.fs.create(self.files.path(self.staging, self.JOURNAL)).close()  # from here on, roll forward
+        self._move_in(self.staging, self.parts)
         self.files.fs.delete(self.staging, True)
-        return marker.toString()
+        return self.files.path(self.out, "manifests", self.name).toString()
+
+    def _move_in(self, staging, parts: list[str]) -> None:
+        """Move each staged part of ``staging`` into place; the night's marker last."""
+        if not self.files.fs.exists(self.files.path(staging, "manifests")):
+            return  # the marker, moved in last, is in place: the commit had finished
+        # the date is being replaced: not complete until its marker is back
+        self.files.fs.delete(self.files.path(self.out, "manifests", self.name), True)
+        for part in [p for p in parts if p != "manifests"] + ["manifests"]:
+            source = self.files.path(staging, part)
+            if self.files.fs.exists(source):  # else: moved in before the crash
+                self.files.replace(source, self.files.path(self.out, part, self.name))
 
     def abandon(self) -> None:
-        self.files.fs.delete(self.staging, True)
+        """Drop what this run staged, unless its commit had started (the next run finishes it)."""
+        if not self.files.fs.exists(self.files.path(self.staging, self.JOURNAL)):
+            self.files.fs.delete(self.staging, True)

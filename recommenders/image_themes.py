@@ -32,9 +32,12 @@ class ImageThemes(Recommender):
         self.open_themes_ = self.themes_[context.open_idx].T
         return self
 
-    def score(self, history: UserHistory) -> np.ndarray:
+    def profiles(self, history: UserHistory) -> np.ndarray:
+        """Each user's theme profile (users x themes, rows summing to 1, or 0 without history)."""
         weights = history.weighted(self.visit_weight, self.purchase_weight, self.half_life_days)
         profile = np.asarray(weights @ self.themes_)
         totals = profile.sum(axis=1, keepdims=True)
-        profile = np.divide(profile, totals, out=np.zeros_like(profile), where=totals > 0)
-        return profile @ self.open_themes_
+        return np.divide(profile, totals, out=np.zeros_like(profile), where=totals > 0)
+
+    def score(self, history: UserHistory) -> np.ndarray:
+        return self.profiles(history) @ self.open_themes_

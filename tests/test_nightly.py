@@ -1,8 +1,14 @@
 """End to end: the nightly run on a small generated world, through the command line."""
 import datetime as dt
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import mlflow
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -138,6 +144,8 @@ def test_manifest_lists_every_output_with_rows_and_checksums(world, night):
     assert {f"image_tags/{name}", f"themes/{name}/sale_themes", f"themes/{name}/theme_tags",
             f"exports/{name}/meta-vs-pop/control.jsonl", f"exports/{name}/meta-vs-pop/treatment.jsonl"
             } <= set(outputs)
+    report = outputs.pop(f"reports/{name}/index.html")
+    assert report["checksum"].startswith("sha256:") and report["bytes"] > 10_000
     assert all(o["checksum"].startswith("xxhash64-sum:") for o in outputs.values())
     assert not list((out / "_staging").iterdir())
 
@@ -197,6 +205,42 @@ def test_rerun_of_a_night_is_identical_and_reuses_the_image_cache(world, world_d
     assert manifest.read_bytes() == first_manifest  # same rows, checksums, model, config, data
 
 
+def published_files(out, day) -> dict:
+    """Every published file of the night ``day``, by path, with its bytes."""
+    return {str(path.relative_to(out)): path.read_bytes()
+            for part in ("recommendations", "exports", "image_tags", "themes", "manifests")
+            for path in sorted((out / part / f"run_date={day}").rglob("*")) if path.is_file()}
+
+
+def test_a_night_killed_mid_way_leaves_the_published_night_and_the_next_run_completes(
+        world, world_dir, night, conf_file):
+    _, out = night
+    before = published_files(out, world.last_date)
+    assert any(name.endswith("_SUCCESS") for name in before)
+    args = ["nightly", "--data", str(world_dir / "data"), "--date", str(world.last_date),
+            "--out", str(out), "--conf", str(conf_file)]
+    job = subprocess.Popen([sys.executable, "-c", "import sys; from salerank.jobs.cli import main; "
+                            "sys.exit(main(sys.argv[1:]))", *args],
+                           start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    staging = out / "_staging"
+    deadline = time.monotonic() + 600
+    # kill it (Python and its JVM) as soon as it starts writing the night's recommendations
+    while not list(staging.glob(f"run_date={world.last_date}-*/recommendations")):
+        assert job.poll() is None, "the job ended before it was killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    os.killpg(job.pid, signal.SIGKILL)
+    assert job.wait() == -signal.SIGKILL
+    assert published_files(out, world.last_date) == before  # not a byte changed
+    assert list(staging.iterdir())  # what it had staged is still there, unpublished
+
+    assert main(args) == 0  # the next run clears it and completes
+    assert not list(staging.iterdir())
+    after = published_files(out, world.last_date)
+    manifest = f"manifests/run_date={world.last_date}/manifest.json"
+    assert after[manifest] == before[manifest] and f"manifests/run_date={world.last_date}/_SUCCESS" in after
+
+
 def test_nightly_without_a_registered_model_says_how_to_train_one(world, world_dir, conf_file, tmp_path, capsys):
     code = main(["nightly", "--data", str(world_dir / "data"), "--date", str(world.last_date),
                  "--out", str(tmp_path), "--conf", str(conf_file)])
@@ -251,3 +295,88 @@ def test_cli_usage_errors():
     with pytest.raises(SystemExit) as caught:
         main(["nightly", "--data", "x", "--date", "2025-02-30", "--out", "y"])
     assert caught.value.code == 2
+
+
+def test_ab_report_measures_a_planted_uplift(world, world_dir, night, tmp_path, capsys):
+    """Plant purchases after the night: treatment users buy twice as often as control users.
+    The report must count exactly what a direct computation counts, find the uplift, and see
+    no sample-ratio mismatch (the split follows the 1:3 weights)."""
+    _, out = night
+    folder = out / "exports" / f"run_date={world.last_date}" / "meta-vs-pop"
+    exposed = {json.loads(line)["user_id"]: variant for variant in ("control", "treatment")
+               for line in (folder / f"{variant}.jsonl").read_text().splitlines()}
+    rng = np.random.default_rng(3)
+    day = world.last_date.isoformat()
+    open_sales = world.sales.query("open_date <= @day and close_date >= @day")
+    planted = [{"user_id": user, "sale_id": open_sales.sale_id.iloc[rng.integers(len(open_sales))],
+                "ts": f"{world.last_date + dt.timedelta(days=int(rng.integers(1, 10)))} 12:00:00",
+                "amount": float(rng.integers(50, 500))}
+               for user, variant in sorted(exposed.items())
+               if rng.random() < (0.5 if variant == "treatment" else 0.25)]
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in world.tables:
+        (data / f"{name}.csv").write_bytes((world_dir / "data" / f"{name}.csv").read_bytes())
+    purchases = pd.concat([pd.read_csv(data / "purchases.csv"), pd.DataFrame(planted)])
+    purchases.to_csv(data / "purchases.csv", index=False)
+
+    assert main(["ab", "report", "--data", str(data), "--out", str(out), "--experiment", "meta-vs-pop",
+                 "--window-days", "7"]) == 0
+    printed = capsys.readouterr().out
+    report = json.loads((out / "ab_reports" / "meta-vs-pop.json").read_text())
+
+    # the direct computation: purchases from the night to 7 days after it
+    when = pd.to_datetime(purchases.ts).dt.date
+    counted = purchases[(when >= world.last_date) & (when < world.last_date + dt.timedelta(days=7))]
+    counted = counted[counted.user_id.isin(exposed)]
+    for variant in ("control", "treatment"):
+        users = [u for u, v in exposed.items() if v == variant]
+        mine = counted[counted.user_id.isin(users)]
+        got = report["variants"][variant]
+        assert got["users"] == len(users)
+        assert got["conversion"] == pytest.approx(mine.user_id.nunique() / len(users))
+        assert got["revenue_per_user"] == pytest.approx(mine.amount.sum() / len(users))
+    uplift = report["variants"]["treatment"]["uplift"]["conversion"]
+    assert uplift["low"] > 0  # twice the planted rate is found
+    assert not report["sample_ratio"]["mismatch"] and day in report["nights"]
+    assert "conversion uplift" in printed and "sample ratio" in printed
+
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian's chromium is not installed (.ci/run installs it)")
+def test_night_report_renders_in_a_real_browser(spark, world, night):
+    """The HTML report, opened in headless Chromium: every photo decodes, each sampled user
+    shows the published top 10 in order, and the themes table shows the 8 scene themes."""
+    from playwright.sync_api import sync_playwright
+
+    result, out = night
+    page_file = out / "reports" / f"run_date={world.last_date}" / "index.html"
+    published = pd.read_parquet(out / "recommendations" / f"run_date={world.last_date}")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page()
+        page.goto(page_file.as_uri())
+        page.wait_for_load_state("load")
+        assert page.title() == f"salerank night {world.last_date}"
+        images = page.eval_on_selector_all("img.photo", "els => els.map(e => [e.complete, e.naturalWidth])")
+        assert len(images) > 100 and all(done and width > 0 for done, width in images)
+        assert page.locator(".photo.missing").count() == 0
+        themes = page.locator("tr.theme")
+        assert themes.count() == 8
+        assert all(themes.nth(i).locator("img.photo").count() == 3 for i in range(8))
+        users = page.locator("section.user")
+        assert users.count() == 20
+        for i in range(users.count()):
+            section = users.nth(i)
+            user = section.get_attribute("data-user")
+            shown = section.locator("li.rec").evaluate_all(
+                "els => els.map(e => [Number(e.dataset.position), e.dataset.sale])")
+            expected = published[published.user_id == user].sort_values("rank")
+            assert shown == [[int(r), s] for r, s in zip(expected["rank"], expected.sale_id)]
+            assert section.locator("li.event").count() >= 1  # active users have history
+            drivers = section.locator(".drivers").all_inner_texts()
+            assert len(drivers) == 10 and all(t.startswith("themes: ") for t in drivers)
+        assert page.locator("table.summary").inner_text().count(result.model_version) == 1
+        browser.close()

@@ -1,9 +1,13 @@
 """A night's output appears all at once or not at all."""
+import datetime as dt
+import json
+
+import pandas as pd
 import pytest
 from pyspark.errors import PySparkException
 from pyspark.sql import functions as F
 
-from salerank.jobs.publish import PublishError, publish_parquet
+from salerank.jobs.publish import Night, PublishError, _FileSystem, publish_parquet
 
 
 def test_publish_replaces_and_a_failed_write_leaves_the_previous_output(spark, tmp_path):
@@ -26,3 +30,65 @@ def test_row_count_check(spark, tmp_path):
     with pytest.raises(PublishError, match="expected 4"):
         publish_parquet(spark.range(3), target, expected_rows=4)
     assert not (tmp_path / "out").exists()
+
+
+DAY = dt.date(2025, 1, 2)
+
+
+def publish_night(spark, out, rows: int, commit=True) -> Night:
+    night = Night(spark, str(out), DAY)
+    night.write_parquet(spark.range(rows), "recommendations")
+    lines = spark.createDataFrame([(f'{{"user_id": "u{i}"}}',) for i in range(rows)], "value string")
+    night.write_jsonl(lines, "exports", "exp", "treatment.jsonl")
+    if commit:
+        night.commit({"run_date": DAY.isoformat()})
+    return night
+
+
+def published(out):
+    recs = out / "recommendations" / f"run_date={DAY}"
+    export = out / "exports" / f"run_date={DAY}" / "exp" / "treatment.jsonl"
+    manifest = json.loads((out / "manifests" / f"run_date={DAY}" / "manifest.json").read_text())
+    return (pd.read_parquet(recs).id.tolist(), len(export.read_text().splitlines()),
+            manifest["outputs"][f"recommendations/run_date={DAY}"]["rows"],
+            (out / "manifests" / f"run_date={DAY}" / "_SUCCESS").exists())
+
+
+def test_a_night_is_published_with_its_manifest_and_an_abandoned_one_changes_nothing(spark, tmp_path):
+    publish_night(spark, tmp_path, 3)
+    assert published(tmp_path) == ([0, 1, 2], 3, 3, True)
+    publish_night(spark, tmp_path, 5, commit=False).abandon()  # crashed before its commit
+    assert published(tmp_path) == ([0, 1, 2], 3, 3, True)
+    assert not list((tmp_path / "_staging").iterdir())
+
+
+def test_a_crash_inside_the_commit_is_finished_by_the_next_run(spark, tmp_path, monkeypatch):
+    publish_night(spark, tmp_path, 3)
+    moves = []
+    real_replace = _FileSystem.replace
+
+    def crash_after_first_move(self, staged, target):
+        if moves:
+            raise KeyboardInterrupt("killed")
+        moves.append(target.toString())
+        real_replace(self, staged, target)
+
+    monkeypatch.setattr(_FileSystem, "replace", crash_after_first_move)
+    night = publish_night(spark, tmp_path, 5, commit=False)
+    with pytest.raises(KeyboardInterrupt):
+        night.commit({"run_date": DAY.isoformat()})
+    night.abandon()
+    monkeypatch.undo()
+    # half moved: the date's marker is withdrawn, so no reader takes it as complete
+    assert len(moves) == 1 and not (tmp_path / "manifests" / f"run_date={DAY}").exists()
+    Night(spark, str(tmp_path), DAY)  # the next run of the date finishes the commit first
+    assert published(tmp_path) == ([0, 1, 2, 3, 4], 5, 5, True)
+    assert not list((tmp_path / "_staging").iterdir())
+
+
+def test_an_empty_export_is_an_empty_file(spark, tmp_path):
+    night = Night(spark, str(tmp_path), DAY)
+    entry = night.write_jsonl(spark.createDataFrame([], "value string"), "exports", "exp", "control.jsonl")
+    night.commit({})
+    assert entry["rows"] == 0
+    assert (tmp_path / "exports" / f"run_date={DAY}" / "exp" / "control.jsonl").read_text() == ""
