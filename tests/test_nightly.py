@@ -2,6 +2,7 @@
 import datetime as dt
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -277,6 +278,25 @@ def test_bad_data_exits_non_zero_and_publishes_nothing(world, world_dir, conf_fi
     assert "sales.csv, column 'close_date': value is not a valid date" in err and "not-a-date" in err
     assert "Traceback" not in err
     assert not (tmp_path / "out" / "recommendations").exists()
+
+
+def test_corrupt_and_missing_photos_are_named_skipped_and_the_night_completes(
+        world, world_dir, night, conf_file, tmp_path, capsys, caplog):
+    _, out = night
+    data = shutil.copytree(world_dir / "data", tmp_path / "data")
+    images = sorted(world.sale_images.image_path)
+    corrupt, missing = images[0], images[1]
+    (data / corrupt).write_bytes(b"this is not a JPEG")
+    (data / missing).unlink()
+    day = world.last_date - dt.timedelta(days=2)
+    with caplog.at_level("WARNING", logger="salerank"):
+        code = main(["nightly", "--data", str(data), "--date", str(day), "--out", str(out),
+                     "--conf", str(conf_file)])
+    assert code == 0 and "Traceback" not in capsys.readouterr().err
+    assert f"image skipped: {corrupt}" in caplog.text and f"image skipped: {missing}" in caplog.text
+    assert (out / "manifests" / f"run_date={day}" / "_SUCCESS").exists()
+    tagged = set(pd.read_parquet(out / "image_tags" / f"run_date={day}").image_path)
+    assert tagged == set(images) - {corrupt, missing}
 
 
 def test_night_without_open_sales_publishes_an_empty_output(spark, world, world_dir, night_config, night):
