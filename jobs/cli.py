@@ -140,7 +140,10 @@ def run_nightly_command(args) -> int:
     if not Path(args.data).is_dir():
         raise ConfigError(f"--data {args.data}: no such folder")
     result = run_nightly(get_spark(config), args.data, args.date, args.out, config)
-    print(f"{result.rows} recommendations for {result.active_users} users in {result.output}")
+    print(f"{result.rows} recommendations for {result.active_users} users with {result.model_version} "
+          f"in {result.output}; manifest in {result.manifest}")
+    print("stages: " + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in result.timings.items())
+          + f"; total {sum(result.timings.values()):.1f} s")
     return 0
 
 

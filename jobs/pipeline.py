@@ -199,12 +199,22 @@ def _nightly(spark, data_dir, run_date, out_dir, config, keep_rankings, night) -
 def _export(night, ranked, active, experiment, run_date, model_label) -> dict:
     """Stage one JSON Lines file per variant under ``exports/EXPERIMENT/``; users per variant."""
     lines = export_lines(ranked, active, experiment, run_date, model_label, METAMODEL).cache()
-    users = {}
+    users, files = {}, {}
     for variant in experiment.variants:
         one = lines.filter(F.col("variant") == variant.name).repartition(1).sortWithinPartitions("user_id")
-        users[variant.name] = night.write_jsonl(one.select("value"), "exports", experiment.name,
-                                                f"{variant.name}.jsonl")["rows"]
+        files[variant.name] = night.write_jsonl(one.select("value"), "exports", experiment.name,
+                                                f"{variant.name}.jsonl")
+        users[variant.name] = files[variant.name]["rows"]
     lines.unpersist()
+    # the experiment's own manifest, beside its files, for the website team (docs/exports.md)
+    manifest = {"experiment": experiment.name, "run_date": run_date.isoformat(), "salt": experiment.salt,
+                "model_version": model_label,
+                "complete_when_exists": f"manifests/run_date={run_date.isoformat()}/_SUCCESS",
+                "variants": {v.name: {"file": f"{v.name}.jsonl", "strategy": v.strategy, "weight": v.weight,
+                                      "users": files[v.name]["rows"], "checksum": files[v.name]["checksum"]}
+                             for v in experiment.variants}}
+    night.write_bytes(json.dumps(manifest, indent=2, sort_keys=True).encode(), "exports", experiment.name,
+                      "manifest.json")
     log.info("experiment %s: %s", experiment.name, ", ".join(f"{v} {n} users" for v, n in users.items()))
     mlflow.log_metrics({f"export.{experiment.name}.{v}": float(n) for v, n in users.items()})
     return users

@@ -147,6 +147,7 @@ def test_manifest_lists_every_output_with_rows_and_checksums(world, night):
             } <= set(outputs)
     report = outputs.pop(f"reports/{name}/index.html")
     assert report["checksum"].startswith("sha256:") and report["bytes"] > 10_000
+    assert outputs.pop(f"exports/{name}/meta-vs-pop/manifest.json")["checksum"].startswith("sha256:")
     assert all(o["checksum"].startswith("xxhash64-sum:") for o in outputs.values())
     assert not list((out / "_staging").iterdir())
 
@@ -172,6 +173,10 @@ def test_ab_exports_split_users_by_salted_hash(world, night, night_config):
         assert [r["sale_id"] for r in line["recommendations"]] == expected.sale_id.tolist()
     assert lines["treatment"][0]["model_version"] == "salerank-metamodel/1"
     assert lines["control"][0]["model_version"] == "popularity"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["model_version"] == "salerank-metamodel/1" and manifest["salt"] == "test"
+    assert {v: m["users"] for v, m in manifest["variants"].items()} == {v: len(u) for v, u in users.items()}
+    assert manifest["variants"]["treatment"]["strategy"] == "metamodel"
 
 
 def test_photos_are_tagged_with_their_scenes_and_themes_published(spark, world, night):
@@ -299,7 +304,7 @@ def test_corrupt_and_missing_photos_are_named_skipped_and_the_night_completes(
     assert tagged == set(images) - {corrupt, missing}
 
 
-def test_night_without_open_sales_publishes_an_empty_output(spark, world, world_dir, night_config, night):
+def test_night_without_open_sales_or_active_users_publishes_an_empty_output(spark, world, world_dir, night_config, night):
     _, out = night
     later = world.last_date + dt.timedelta(days=20)  # every sale has closed; users still active
     result = run_nightly(spark, str(world_dir / "data"), later, str(out), night_config)
@@ -309,6 +314,12 @@ def test_night_without_open_sales_publishes_an_empty_output(spark, world, world_
     exports = out / "exports" / f"run_date={later}" / "meta-vs-pop"
     assert (exports / "control.jsonl").read_text() == "" and (exports / "treatment.jsonl").read_text() == ""
     assert (out / "manifests" / f"run_date={later}" / "_SUCCESS").exists()
+
+    first = world.sales.open_date.min()  # sales open, but nobody has done anything yet
+    result = run_nightly(spark, str(world_dir / "data"), dt.date.fromisoformat(str(first)), str(out), night_config)
+    assert result.active_users == 0 and result.open_sales > 0 and result.rows == 0
+    assert (out / "manifests" / f"run_date={first}" / "_SUCCESS").exists()
+    assert (out / "exports" / f"run_date={first}" / "meta-vs-pop" / "treatment.jsonl").read_text() == ""
 
 
 def test_cli_usage_errors():
@@ -345,10 +356,19 @@ def test_ab_report_measures_a_planted_uplift(world, world_dir, night, tmp_path, 
     printed = capsys.readouterr().out
     report = json.loads((out / "ab_reports" / "meta-vs-pop.json").read_text())
 
-    # the direct computation: purchases from the night to 7 days after it
+    # the direct computation: each user's purchases from their first exported night (other
+    # tests of this module publish other nights too) to 7 days after their last
+    lines = [(json.loads(line), dt.date.fromisoformat(path.parent.parent.name[len("run_date="):]))
+             for path in sorted(out.glob("exports/run_date=*/meta-vs-pop/*.jsonl"))
+             for line in path.read_text().splitlines()]
+    exposed = {line["user_id"]: line["variant"] for line, _ in lines}
+    nights = pd.DataFrame([(line["user_id"], night) for line, night in lines], columns=["user_id", "night"])
+    span = nights.groupby("user_id")["night"].agg(["min", "max"])
     when = pd.to_datetime(purchases.ts).dt.date
-    counted = purchases[(when >= world.last_date) & (when < world.last_date + dt.timedelta(days=7))]
-    counted = counted[counted.user_id.isin(exposed)]
+    first = purchases.user_id.map(span["min"])
+    last = purchases.user_id.map(span["max"])
+    counted = purchases[[f is not None and f == f and f <= w < l + dt.timedelta(days=7)
+                         for f, l, w in zip(first, last, when)]]
     for variant in ("control", "treatment"):
         users = [u for u, v in exposed.items() if v == variant]
         mine = counted[counted.user_id.isin(users)]
