@@ -11,6 +11,7 @@ import hashlib
 import os
 from dataclasses import dataclass, field
 
+from pyspark.errors import AnalysisException
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.storagelevel import StorageLevel
@@ -88,7 +89,12 @@ def load_tables(spark: SparkSession, data_dir: str | os.PathLike) -> Tables:
             frames[spec.name] = None
             continue
         files[spec.name] = os.path.basename(path)
-        raw = _read_raw(spark, path)
+        try:
+            raw = _read_raw(spark, path)
+        except AnalysisException as err:  # a file Spark cannot read at all
+            errors.append(Problem(files[spec.name], None, _unreadable(err)))
+            frames[spec.name] = None
+            continue
         frame, count, digest = _type_table(raw, spec, files[spec.name], errors, warnings)
         frames[spec.name] = frame
         counts[spec.name], digests[spec.name] = count, digest
@@ -103,6 +109,14 @@ def load_tables(spark: SparkSession, data_dir: str | os.PathLike) -> Tables:
         "|".join(f"{name}:{counts[name]}:{digests[name]}" for name in sorted(digests)).encode()
     ).hexdigest()
     return Tables(**frames, warnings=warnings, fingerprint=fingerprint, row_counts=counts)
+
+
+def _unreadable(err: AnalysisException) -> str:
+    if err.getCondition() == "PARQUET_TYPE_ILLEGAL" and "NANOS" in str(err):
+        return ("timestamps are stored in nanoseconds, which Spark cannot read: write them in "
+                "microseconds (pandas: to_parquet(..., coerce_timestamps='us', "
+                "allow_truncated_timestamps=True))")
+    return f"cannot be read: {str(err).splitlines()[0]}"
 
 
 def _find_table(data_dir: str, spec: TableSpec, errors: list[Problem]) -> str | None:

@@ -160,8 +160,11 @@ def _nightly(spark, data_dir, run_date, out_dir, config, keep_rankings, night) -
         mlflow.log_metrics({"active_users": float(n_active), "open_sales": float(n_open)})
         log.info("%d active users, %d sales open on %s", n_active, n_open, run_date)
         if n_active and n_open:
+            timers = {}
             with stages("score"):
-                ranked = rank_users(context, prototypes, registered.model, active, config).cache()
+                ranked = rank_users(context, prototypes, registered.model, active, config, timers).cache()
+                ranked.count()  # scored here, not by the first write
+            _log_score_steps(timers)
         else:
             log.warning("nothing to rank on %s (%d active users, %d open sales): publishing an "
                         "empty output", run_date, n_active, n_open)
@@ -194,6 +197,13 @@ def _nightly(spark, data_dir, run_date, out_dir, config, keep_rankings, night) -
         active.unpersist()
         return NightlyResult(run_date, output, rows, n_active, n_open, registered.label, metrics,
                              stages.seconds, run.info.run_id, rankings, manifest)
+
+
+def _log_score_steps(timers: dict) -> None:
+    """Where the score stage's executor time went (summed over tasks)."""
+    seconds = {step: round(clock.value, 3) for step, clock in timers.items()}
+    log.info("score stage, executor seconds: %s", ", ".join(f"{k} {v:.1f}" for k, v in seconds.items()))
+    mlflow.log_metrics({f"seconds_score.{step}": v for step, v in seconds.items()})
 
 
 def _export(night, ranked, active, experiment, run_date, model_label) -> dict:
@@ -330,13 +340,13 @@ def fit_metamodel(tables, catalog, prototypes, as_of, config, cache: dict | None
     return model, metrics, report
 
 
-def rank_users(context, prototypes, model, users, config):
+def rank_users(context, prototypes, model, users, config, timers: dict | None = None):
     """Every strategy's top-k open sales for ``users`` (RANKING_SCHEMA): the meta-model's
-    and each recommender's alone, fitted on ``context``."""
+    and each recommender's alone, fitted on ``context``. ``timers``: see ``score_users``."""
     fitted = recs.fit_all(prototypes + signals_from_config(config), context)
     strategies = (METAMODEL, *[r.name for r in prototypes])
     return score_users(context, fitted, users, RankTopK(model, config["top_k"], strategies),
-                       RANKING_SCHEMA, config["spark"]["scoring_partitions"])
+                       RANKING_SCHEMA, config["spark"]["scoring_partitions"], timers)
 
 
 def _train(tables, catalog, prototypes, as_of, config):

@@ -7,6 +7,7 @@ is the ``emit`` function's business, so training and nightly scoring share this 
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -33,7 +34,7 @@ Emit = Callable[[Block], pd.DataFrame]
 
 
 def score_users(context: ScoringContext, recommenders: list[Recommender], users: DataFrame,
-                emit: Emit, schema: str, partitions: int) -> DataFrame:
+                emit: Emit, schema: str, partitions: int, timers: dict | None = None) -> DataFrame:
     """Apply ``emit`` to every block of ``users`` scored by the fitted ``recommenders``.
 
     Parameters
@@ -42,8 +43,15 @@ def score_users(context: ScoringContext, recommenders: list[Recommender], users:
         One row per ``user_id`` (extra columns are passed through to ``emit``).
     emit : callable
         ``Block -> pandas.DataFrame`` matching ``schema``.
+    timers : dict, optional
+        Filled with a Spark accumulator per step (``histories``, each recommender, ``emit``):
+        the seconds the executors spent in it, summed over tasks, once an action has run.
     """
     spark = users.sparkSession
+    steps = ["histories", *[r.name for r in recommenders], "emit"]
+    clocks = {step: spark.sparkContext.accumulator(0.0) for step in steps}
+    if timers is not None:
+        timers.update(clocks)
     shared = spark.sparkContext.broadcast({
         "recommenders": recommenders, "emit": emit, "open_idx": context.open_idx,
         "open_ids": context.catalog.sale_ids(context.open_idx), "n_sales": len(context.catalog),
@@ -52,11 +60,24 @@ def score_users(context: ScoringContext, recommenders: list[Recommender], users:
     def score_partition(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         state = shared.value
         for batch in batches:
+            start = time.perf_counter()
             history = UserHistory.from_lists(list(batch["items"]), list(batch["bought"]),
                                              state["n_sales"], list(batch["age_days"]),
                                              batch["user_id"].to_numpy())
-            scores = {r.name: r.score(history) for r in state["recommenders"]}
-            yield state["emit"](Block(batch, history, scores, state["open_idx"], state["open_ids"]))
+            start = _lap(clocks["histories"], start)
+            scores = {}
+            for r in state["recommenders"]:
+                scores[r.name] = r.score(history)
+                start = _lap(clocks[r.name], start)
+            out = state["emit"](Block(batch, history, scores, state["open_idx"], state["open_ids"]))
+            _lap(clocks["emit"], start)
+            yield out
 
     histories = context.user_histories(users).repartition(partitions, "user_id")
     return histories.mapInPandas(score_partition, schema)
+
+
+def _lap(clock, start: float) -> float:
+    now = time.perf_counter()
+    clock.add(now - start)
+    return now

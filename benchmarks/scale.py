@@ -1,0 +1,229 @@
+"""The nightly run at scale, against the hardware floor and against peers, on the same data.
+
+    python benchmarks/scale.py --users 100000 [--open-sales 1000] [--out /tmp/salerank-scale]
+        [--peers floor,implicit,spark_als]
+
+1. ``synthetic.py`` writes USERS users, ~OPEN_SALES sales open on the run date, four weeks of
+   visits and purchases (Parquet, in the data contract; photos off).
+2. ``salerank train`` (3 training days) registers the meta-model; then ``salerank nightly``
+   runs the whole night (load, score, export, report, publish, evaluate), with every stage
+   timed. The score stage is broken down by executor time per step (histories, each
+   recommender, meta-model + top-k), and the peak memory of the whole process tree (driver,
+   JVM, Python workers) is sampled.
+3. Floors and peers, on the same users and open sales:
+   - ``floor``: a dense GEMM of user factors x open-sale factors (32 dimensions, float32, all
+     cores) and a top 10 per user by ``argpartition``, in blocks of 10,000 users. No real
+     scorer can beat it.
+   - ``implicit``: ALS (32 factors) fitted on the visits, then the batch
+     ``recommend(users, user_items, N=10, items=<open sales>, filter_already_liked_items=True)``.
+   - ``spark_als``: Spark MLlib ALS (rank 32, implicit preferences) fitted on the visits, then
+     ``recommendForAllUsers(10)`` and ``recommendForUserSubset(active users, 10)``. MLlib ranks
+     every sale it knows, not only the open ones, and cannot be restricted to them.
+   Fitting times are printed but kept out of the ratios: the nightly score stage is compared
+   with the peers' scoring calls.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from synthetic import generate
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+class PeakMemory(threading.Thread):
+    """Samples the resident memory of this process and all its descendants (JVM, workers)."""
+
+    def __init__(self, every: float = 0.5):
+        super().__init__(daemon=True)
+        self.every, self.peak, self.running = every, 0, True
+
+    @staticmethod
+    def tree_rss(root: int) -> int:
+        parents, rss = {}, {}
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                parents[int(entry)] = int(fields[1])
+                rss[int(entry)] = int(fields[21]) * PAGE
+            except (OSError, IndexError, ValueError):
+                continue
+        total, stack = 0, [root]
+        while stack:
+            pid = stack.pop()
+            total += rss.get(pid, 0)
+            stack += [child for child, parent in parents.items() if parent == pid]
+        return total
+
+    def run(self):
+        while self.running:
+            self.peak = max(self.peak, self.tree_rss(os.getpid()))
+            time.sleep(self.every)
+
+    def stop(self) -> int:
+        self.running = False
+        self.join()
+        return self.peak
+
+
+def timed(function, *args, **kwargs):
+    start = time.perf_counter()
+    result = function(*args, **kwargs)
+    return result, time.perf_counter() - start
+
+
+def gemm_top10(n_users: int, n_open: int, factors: int = 32, block: int = 10_000, seed: int = 0) -> float:
+    """Seconds for users x open-sale scores and a sorted top 10 per user, blockwise."""
+    from threadpoolctl import threadpool_limits
+
+    rng = np.random.default_rng(seed)
+    items = rng.standard_normal((n_open, factors), dtype=np.float32)
+    users = rng.standard_normal((n_users, factors), dtype=np.float32)
+    start = time.perf_counter()
+    with threadpool_limits(os.cpu_count()):
+        for lo in range(0, n_users, block):
+            scores = users[lo:lo + block] @ items.T
+            top = np.argpartition(-scores, 10, axis=1)[:, :10]
+            order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1)
+            np.take_along_axis(top, order, axis=1)
+    return time.perf_counter() - start
+
+
+def interactions(data: Path):
+    visits = pd.read_parquet(data / "visits.parquet", columns=["user_id", "sale_id"])
+    users = pd.Index(sorted(visits.user_id.unique()))
+    sales = pd.read_parquet(data / "sales.parquet")
+    items = pd.Index(sales.sale_id)
+    rows, cols = users.get_indexer(visits.user_id), items.get_indexer(visits.sale_id)
+    matrix = sp.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=(len(users), len(items)))
+    matrix.sum_duplicates()
+    return matrix, users, items, sales
+
+
+def implicit_peer(data: Path, run_date: dt.date) -> dict:
+    from implicit.cpu.als import AlternatingLeastSquares
+
+    matrix, users, items, sales = interactions(data)
+    open_ids = np.flatnonzero(((sales.open_date <= run_date) & (sales.close_date >= run_date)).to_numpy())
+    model = AlternatingLeastSquares(factors=32, iterations=15, random_state=0)
+    _, fit = timed(model.fit, matrix, show_progress=False)
+    userids = np.arange(len(users))
+    _, score = timed(model.recommend, userids, matrix, N=10, items=open_ids, filter_already_liked_items=True)
+    return {"fit": fit, "recommend": score, "users": len(users), "items": len(open_ids)}
+
+
+def spark_als_peer(spark, data: Path) -> dict:
+    from pyspark.ml.recommendation import ALS
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    visits = spark.read.parquet(str(data / "visits.parquet"))
+    users = visits.select("user_id").distinct().withColumn(
+        "user", F.row_number().over(Window.orderBy("user_id")) - 1)
+    sales = spark.read.parquet(str(data / "sales.parquet")).select("sale_id").withColumn(
+        "item", F.monotonically_increasing_id().cast("int"))
+    ratings = (visits.join(users, "user_id").join(sales, "sale_id")
+               .groupBy("user", "item").agg(F.count(F.lit(1)).cast("float").alias("rating"))).cache()
+    ratings.count()
+    als = ALS(rank=32, maxIter=5, implicitPrefs=True, userCol="user", itemCol="item", ratingCol="rating",
+              seed=0, coldStartStrategy="drop")
+    model, fit = timed(als.fit, ratings)
+    _, every = timed(lambda: model.recommendForAllUsers(10).count())
+    subset = users.select("user")
+    _, some = timed(lambda: model.recommendForUserSubset(subset, 10).count())
+    ratings.unpersist()
+    return {"fit": fit, "recommendForAllUsers": every, "recommendForUserSubset": some,
+            "items": model.itemFactors.count()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--users", type=int, default=100_000)
+    parser.add_argument("--open-sales", type=int, default=1000)
+    parser.add_argument("--out", default="/tmp/salerank-scale")
+    parser.add_argument("--peers", default="floor,implicit,spark_als")
+    parser.add_argument("--partitions", type=int, default=8, help="spark.scoring_partitions")
+    args = parser.parse_args()
+
+    from salerank.conf import load_config
+    from salerank.jobs.pipeline import run_nightly, run_training
+    from salerank.jobs.spark import get_spark
+
+    import mlflow
+
+    out = Path(args.out) / f"{args.users}"
+    data = out / "data"
+    if not (data / "sizes.json").exists():
+        sizes, seconds = timed(generate, args.users, args.open_sales, data)
+        print(f"generated {json.dumps(sizes)} in {seconds:.0f} s")
+    sizes = json.loads((data / "sizes.json").read_text())
+    run_date = dt.date.fromisoformat(sizes["run_date"])
+    config = load_config(overrides={
+        "image_labelling": {"enabled": False}, "metamodel": {"train_days": 3, "validation_days": 1},
+        "spark": {"scoring_partitions": args.partitions, "driver_memory": "8g"},
+        "experiments": [{"name": "meta-vs-pop", "salt": "scale", "start": str(run_date), "end": str(run_date),
+                         "variants": [{"name": "control", "strategy": "popularity", "weight": 1},
+                                      {"name": "treatment", "strategy": "metamodel", "weight": 1}]}]})
+    spark = get_spark(config)
+    nights = out / "nights"
+    _, train_seconds = timed(run_training, spark, str(data), run_date, str(nights), config, alias="champion")
+    memory = PeakMemory()
+    memory.start()
+    result, night_seconds = timed(run_nightly, spark, str(data), run_date, str(nights), config)
+    peak = memory.stop()
+    steps = {k[len("seconds_score."):]: v for k, v in mlflow.get_run(result.mlflow_run_id).data.metrics.items()
+             if k.startswith("seconds_score.")}
+
+    peers = {}
+    wanted = args.peers.split(",") if args.peers else []
+    if "floor" in wanted:
+        peers["floor"] = gemm_top10(result.active_users, result.open_sales)
+    if "implicit" in wanted:
+        peers["implicit"] = implicit_peer(data, run_date)
+    if "spark_als" in wanted:
+        peers["spark_als"] = spark_als_peer(spark, data)
+
+    score = result.timings["score"]
+    print(f"\nmachine: {platform.machine()}, {os.cpu_count()} cores, {platform.processor() or ''}; "
+          f"{dt.date.today()}")
+    print(f"data: {json.dumps(sizes)}; active users {result.active_users}, open sales {result.open_sales}")
+    print(f"training (3 days, registered): {train_seconds:.1f} s; whole night: {night_seconds:.1f} s; "
+          f"peak memory of the process tree during the night: {peak / 2**30:.2f} GiB")
+    print("\nnight stages (wall seconds):")
+    print(pd.Series(result.timings).round(1).to_string())
+    print("\nscore stage, executor seconds by step (summed over tasks):")
+    print(pd.Series(steps).round(1).to_string())
+    if "floor" in peers:
+        print(f"\nfloor: GEMM + top-10 for {result.active_users} x {result.open_sales}: {peers['floor']:.2f} s; "
+              f"score stage / floor = {score / peers['floor']:.1f}x")
+    if "implicit" in peers:
+        p = peers["implicit"]
+        print(f"implicit ALS: fit {p['fit']:.1f} s, recommend(items=open) for {p['users']} users "
+              f"x {p['items']} sales: {p['recommend']:.1f} s; score stage / implicit = {score / p['recommend']:.2f}x")
+    if "spark_als" in peers:
+        p = peers["spark_als"]
+        print(f"Spark ALS: fit {p['fit']:.1f} s; {p['items']} items; recommendForAllUsers "
+              f"{p['recommendForAllUsers']:.1f} s, recommendForUserSubset {p['recommendForUserSubset']:.1f} s; "
+              f"score stage / recommendForAllUsers = {score / p['recommendForAllUsers']:.2f}x")
+    (out / "results.json").write_text(json.dumps({
+        "sizes": sizes, "active_users": result.active_users, "open_sales": result.open_sales,
+        "train_seconds": train_seconds, "night_seconds": night_seconds, "peak_bytes": peak,
+        "stages": result.timings, "score_steps": steps, "peers": peers}, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,112 @@
+"""Large synthetic inputs in the data contract, for the scale benchmark.
+
+    python benchmarks/synthetic.py --users 1000000 --open-sales 1000 --out /tmp/scale-1m
+
+Sizes are parameters. Sales open every day and run ``duration`` days, so about ``open_sales``
+are open on any day, the run date included. Users visit sales open on the day of the visit,
+with a taste for a few destinations and a skew towards popular sales. A fixed share of the
+visits turn into purchases. This is not a world with a known truth (that is ``salerank.world``).
+It is volume with realistic sparsity, written as Parquet, fast: numpy only, no photos.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+DESTINATIONS = 60
+CATEGORIES = ("hotel", "resort", "villa", "apartment", "cruise", "tour", "camping", "chalet")
+
+
+def generate(n_users: int, open_sales: int, out: str | Path, days: int = 28, duration: int = 7,
+             visits_per_user: float = 8.0, purchase_rate: float = 0.04, seed: int = 0,
+             run_date: dt.date = dt.date(2026, 3, 1)) -> dict:
+    """Write ``users, sales, sale_images (empty), visits, purchases`` to ``out``; return sizes."""
+    rng = np.random.default_rng(seed)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    first = run_date - dt.timedelta(days=days + duration)
+    per_day = max(1, round(open_sales / duration))
+    n_days = days + duration + 1
+    opens = np.repeat(np.arange(n_days), per_day)  # day offset each sale opens
+    n_sales = len(opens)
+    destination = rng.integers(DESTINATIONS, size=n_sales)
+    sales = pd.DataFrame({
+        "sale_id": [f"s{i:07d}" for i in range(n_sales)],
+        "title": [f"sale {i}" for i in range(n_sales)],
+        "open_date": [first + dt.timedelta(days=int(d)) for d in opens],
+        "close_date": [first + dt.timedelta(days=int(d) + duration - 1) for d in opens],
+        "destination": [f"d{d:02d}" for d in destination],
+        "category": rng.choice(CATEGORIES, size=n_sales),
+        "price": np.round(rng.lognormal(6, 0.6, size=n_sales), 2),
+    })
+    users = pd.DataFrame({"user_id": [f"u{i:08d}" for i in range(n_users)]})
+
+    # visits: a Poisson number per user, on days before the run date, each to a sale open that
+    # day; a user's visits lean to two favourite destinations, and to popular sales
+    counts = rng.poisson(visits_per_user, size=n_users)
+    user = np.repeat(np.arange(n_users), counts)
+    n = len(user)
+    day = rng.integers(duration, n_days - 1, size=n)  # histories start once the first sales run
+    first_open = np.maximum(day - duration + 1, 0)  # sales open on ``day`` opened in [day-duration+1, day]
+    slot = (first_open + rng.integers(0, np.minimum(duration, day + 1), size=n)) * per_day
+    favourite = rng.integers(DESTINATIONS, size=(n_users, 2))
+    popular = np.floor(per_day * rng.random(n) ** 2).astype(np.int64)  # skewed to the first of a day
+    sale = slot + popular
+    # with probability 0.5, a sale of a favourite destination opened that same day, if any
+    wants = favourite[user, rng.integers(2, size=n)]
+    opened = slot // per_day
+    by_group = np.lexsort((destination, opens))  # sales sorted by (open day, destination)
+    group = opens[by_group] * DESTINATIONS + destination[by_group]
+    starts = np.searchsorted(group, np.arange(n_days * DESTINATIONS))
+    sizes_of = np.diff(np.append(starts, n_sales))
+    wanted = opened * DESTINATIONS + wants
+    lean = (rng.random(n) < 0.5) & (sizes_of[wanted] > 0)
+    pick = starts[wanted] + np.floor(rng.random(n) * np.maximum(sizes_of[wanted], 1)).astype(np.int64)
+    sale[lean] = by_group[pick[lean]]
+    seconds = rng.integers(0, 86400, size=n)
+    ts = (pd.Timestamp(first) + pd.to_timedelta(day, unit="D") + pd.to_timedelta(seconds, unit="s"))
+    visits = pd.DataFrame({"user_id": users.user_id.to_numpy()[user],
+                           "sale_id": sales.sale_id.to_numpy()[sale], "ts": ts})
+    bought = rng.random(n) < purchase_rate
+    purchases = visits[bought].copy()
+    purchases["ts"] = purchases["ts"] + pd.Timedelta(minutes=10)
+    purchases["amount"] = sales.price.to_numpy()[sale[bought]]
+    # keep the purchase before the run date and inside its sale's window
+    purchases = purchases[purchases.ts < pd.Timestamp(run_date)]
+
+    for name, frame in (("sales", sales), ("users", users), ("visits", visits), ("purchases", purchases),
+                        ("sale_images", pd.DataFrame({"sale_id": pd.Series([], dtype=str),
+                                                      "image_path": pd.Series([], dtype=str)}))):
+        # Spark reads microsecond timestamps, not pandas' default nanoseconds
+        frame.to_parquet(out / f"{name}.parquet", index=False, coerce_timestamps="us",
+                         allow_truncated_timestamps=True)
+    sizes = {"users": n_users, "sales": n_sales, "open_on_run_date": int(
+        ((sales.open_date <= run_date) & (sales.close_date >= run_date)).sum()),
+        "visits": len(visits), "purchases": len(purchases), "run_date": run_date.isoformat()}
+    (out / "sizes.json").write_text(json.dumps(sizes))
+    return sizes
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--users", type=int, default=100_000)
+    parser.add_argument("--open-sales", type=int, default=1000)
+    parser.add_argument("--days", type=int, default=28)
+    parser.add_argument("--visits-per-user", type=float, default=8.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    start = time.perf_counter()
+    sizes = generate(args.users, args.open_sales, args.out, args.days,
+                     visits_per_user=args.visits_per_user, seed=args.seed)
+    print(json.dumps(sizes), f"in {time.perf_counter() - start:.1f} s")
+
+
+if __name__ == "__main__":
+    main()
