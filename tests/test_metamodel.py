@@ -78,6 +78,17 @@ def test_sampled_negatives_are_open_unbought_and_reproducible():
     assert len(other_seed) == len(first)
 
 
+@pytest.mark.parametrize("k", [1, 3, 10, 40])
+def test_top_k_equals_a_stable_full_sort(k):
+    """Many ties (scores on a coarse grid), -inf (bought) and NaN, more or fewer than k columns."""
+    rng = np.random.default_rng(k)
+    scores = np.round(rng.random((300, 25)), 1)
+    scores[rng.random(scores.shape) < 0.2] = -np.inf
+    scores[rng.random(scores.shape) < 0.05] = np.nan
+    expected = np.argsort(-np.where(np.isnan(scores), -np.inf, scores), axis=1, kind="stable")[:, :k]
+    np.testing.assert_array_equal(top_k(scores, k), expected)
+
+
 def test_rank_top_k_skips_what_was_bought():
     ranked = RankTopK(None, k=3, strategies=("x",))(block())
     a = ranked[ranked.user_id == "a"]
