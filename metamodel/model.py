@@ -5,6 +5,7 @@ import hashlib
 
 import numpy as np
 import pandas as pd
+from scipy.special import expit
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import log_loss, roc_auc_score
 from sklearn.pipeline import Pipeline, make_pipeline
@@ -73,8 +74,15 @@ class MetaModel:
     def score_blocks(self, scores: dict[str, np.ndarray]) -> np.ndarray:
         """Purchase probability for a ``users x sales`` block of each recommender's scores."""
         scores = with_ranks(scores, self.ranked)
-        stacked = np.stack([scores[name] for name in self.feature_names], axis=-1)
-        return self.predict_proba(stacked.reshape(-1, len(self.feature_names))).reshape(stacked.shape[:2])
+        # the pipeline's algebra feature by feature (log1p, standardise, logistic), without
+        # stacking a (users x sales x features) copy: the same numbers as predict_proba
+        _, scaler, regression = self.pipeline_.named_steps.values()
+        weights = regression.coef_[0] / scaler.scale_
+        z = np.full(np.shape(scores[self.feature_names[0]]),
+                    regression.intercept_[0] - float(weights @ scaler.mean_))
+        for name, weight in zip(self.feature_names, weights):
+            z += weight * signed_log1p(np.asarray(scores[name], dtype=float))
+        return expit(z)
 
     def evaluate(self, examples: pd.DataFrame) -> dict[str, float]:
         """AUC and log loss on labelled examples."""

@@ -33,6 +33,19 @@ def test_metamodel_learns_which_score_matters():
     assert probability.shape == (1, 2) and probability[0, 1] > probability[0, 0]
 
 
+def test_block_scoring_gives_the_pipelines_probabilities():
+    """score_blocks applies the fitted pipeline feature by feature: the same numbers."""
+    model = MetaModel(["useful", "noise", "rank_useful"], ranked=("useful",)).fit(
+        synthetic_examples().assign(rank_useful=lambda f: f.useful.rank(ascending=False)))
+    rng = np.random.default_rng(2)
+    blocks = {"useful": rng.exponential(2.0, (50, 30)), "noise": rng.exponential(2.0, (50, 30))}
+    blocks["useful"][:, :5] = 1.0  # ties share the best rank
+    ranks = pd.DataFrame(-blocks["useful"]).rank(axis=1, method="min").to_numpy()
+    stacked = np.stack([blocks["useful"], blocks["noise"], ranks], axis=-1).reshape(-1, 3)
+    expected = model.predict_proba(stacked).reshape(50, 30)
+    np.testing.assert_allclose(model.score_blocks(blocks), expected, rtol=1e-12, atol=1e-15)
+
+
 def test_model_version_is_a_content_hash():
     a = MetaModel(["useful", "noise"]).fit(synthetic_examples())
     b = MetaModel(["useful", "noise"]).fit(synthetic_examples())
