@@ -159,10 +159,17 @@ def _nightly(spark, data_dir, run_date, out_dir, config, keep_rankings, night) -
         n_active, n_open = active.count(), len(context.open_idx)
         mlflow.log_metrics({"active_users": float(n_active), "open_sales": float(n_open)})
         log.info("%d active users, %d sales open on %s", n_active, n_open, run_date)
+        # each single recommender's own top-k is only worth its cost (a top-k per strategy
+        # per user) when there is something to compare it with: the run date's purchases
+        evaluating = bool(n_active and n_open) and (
+            keep_rankings or purchases_on(tables, catalog, run_date).limit(1).count() > 0)
+        strategies = None if evaluating else (
+            METAMODEL, *sorted({v.strategy for e in experiments for v in e.variants} - {METAMODEL}))
         if n_active and n_open:
             timers = {}
             with stages("score"):
-                ranked = rank_users(context, prototypes, registered.model, active, config, timers).cache()
+                ranked = rank_users(context, prototypes, registered.model, active, config, timers,
+                                    strategies).cache()
                 ranked.count()  # scored here, not by the first write
             _log_score_steps(timers)
         else:
@@ -188,7 +195,7 @@ def _nightly(spark, data_dir, run_date, out_dir, config, keep_rankings, night) -
         output = recommendations_path(out_dir, run_date)
         log.info("published %d recommendations to %s (manifest %s)", rows, output, manifest)
         metrics, rankings = None, None
-        if n_active and n_open:
+        if evaluating:
             with stages("evaluate"):
                 metrics = _evaluate(tables, catalog, context, ranked, config["top_k"])
             if keep_rankings:
@@ -340,11 +347,13 @@ def fit_metamodel(tables, catalog, prototypes, as_of, config, cache: dict | None
     return model, metrics, report
 
 
-def rank_users(context, prototypes, model, users, config, timers: dict | None = None):
-    """Every strategy's top-k open sales for ``users`` (RANKING_SCHEMA): the meta-model's
-    and each recommender's alone, fitted on ``context``. ``timers``: see ``score_users``."""
+def rank_users(context, prototypes, model, users, config, timers: dict | None = None,
+               strategies: tuple[str, ...] | None = None):
+    """Each strategy's top-k open sales for ``users`` (RANKING_SCHEMA): the meta-model's and
+    each recommender's alone (or only ``strategies``), fitted on ``context``. ``timers``:
+    see ``score_users``."""
     fitted = recs.fit_all(prototypes + signals_from_config(config), context)
-    strategies = (METAMODEL, *[r.name for r in prototypes])
+    strategies = strategies or (METAMODEL, *[r.name for r in prototypes])
     return score_users(context, fitted, users, RankTopK(model, config["top_k"], strategies),
                        RANKING_SCHEMA, config["spark"]["scoring_partitions"], timers)
 

@@ -304,6 +304,24 @@ def test_corrupt_and_missing_photos_are_named_skipped_and_the_night_completes(
     assert tagged == set(images) - {corrupt, missing}
 
 
+def test_without_purchases_to_evaluate_only_the_needed_strategies_are_ranked(
+        spark, world, world_dir, night, night_config, tmp_path):
+    """In production the run date's purchases are not in yet: a single recommender's own
+    top-k is then computed only when an experiment shows it (here popularity)."""
+    _, out = night
+    day = world.last_date - dt.timedelta(days=3)
+    data = shutil.copytree(world_dir / "data", tmp_path / "data", ignore=shutil.ignore_patterns("images"))
+    (data / "images").symlink_to(world_dir / "data" / "images")
+    purchases = pd.read_csv(data / "purchases.csv")
+    purchases[purchases.ts < str(day)].to_csv(data / "purchases.csv", index=False)
+    result = run_nightly(spark, str(data), day, str(out), night_config, keep_rankings=False)
+    assert result.metrics is None and result.rows > 0
+    page = (out / "reports" / f"run_date={day}" / "index.html").read_text()
+    assert "popularity #" in page and "item_cf #" not in page and "content #" not in page
+    folder = out / "exports" / f"run_date={day}" / "meta-vs-pop"
+    assert (folder / "control.jsonl").read_text() and (folder / "treatment.jsonl").read_text()
+
+
 def test_night_without_open_sales_or_active_users_publishes_an_empty_output(spark, world, world_dir, night_config, night):
     _, out = night
     later = world.last_date + dt.timedelta(days=20)  # every sale has closed; users still active
