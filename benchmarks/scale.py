@@ -185,8 +185,9 @@ def main() -> None:
     memory.start()
     result, night_seconds = timed(run_nightly, spark, str(data), run_date, str(nights), config)
     peak = memory.stop()
-    steps = {k[len("seconds_score."):]: v for k, v in mlflow.get_run(result.mlflow_run_id).data.metrics.items()
-             if k.startswith("seconds_score.")}
+    metrics = mlflow.get_run(result.mlflow_run_id).data.metrics
+    steps = {k[len("seconds_score."):]: v for k, v in metrics.items() if k.startswith("seconds_score.")}
+    fits = {k[len("seconds_fit."):]: v for k, v in metrics.items() if k.startswith("seconds_fit.")}
 
     peers = {}
     wanted = args.peers.split(",") if args.peers else []
@@ -205,6 +206,8 @@ def main() -> None:
           f"peak memory of the process tree during the night: {peak / 2**30:.2f} GiB")
     print("\nnight stages (wall seconds):")
     print(pd.Series(result.timings).round(1).to_string())
+    print("\nfit stage (driver), seconds by recommender and signal:")
+    print(pd.Series(fits).round(1).to_string())
     print("\nscore stage, executor seconds by step (summed over tasks):")
     print(pd.Series(steps).round(1).to_string())
     if "floor" in peers:
@@ -222,7 +225,7 @@ def main() -> None:
     (out / "results.json").write_text(json.dumps({
         "sizes": sizes, "active_users": result.active_users, "open_sales": result.open_sales,
         "train_seconds": train_seconds, "night_seconds": night_seconds, "peak_bytes": peak,
-        "stages": result.timings, "score_steps": steps, "peers": peers}, indent=2, default=str))
+        "stages": result.timings, "fits": fits, "score_steps": steps, "peers": peers}, indent=2, default=str))
 
 
 if __name__ == "__main__":

@@ -166,10 +166,14 @@ def _nightly(spark, data_dir, run_date, out_dir, config, keep_rankings, night) -
         strategies = None if evaluating else (
             METAMODEL, *sorted({v.strategy for e in experiments for v in e.variants} - {METAMODEL}))
         if n_active and n_open:
-            timers = {}
+            timers, fits = {}, {}
+            with stages("fit"):  # on the driver: the sale-side state that scoring broadcasts
+                fitted = recs.fit_all(prototypes + signals_from_config(config), context, fits)
+            log.info("fit, seconds: %s", ", ".join(f"{k} {v:.1f}" for k, v in fits.items()))
+            mlflow.log_metrics({f"seconds_fit.{name}": v for name, v in fits.items()})
             with stages("score"):
                 ranked = rank_users(context, prototypes, registered.model, active, config, timers,
-                                    strategies).cache()
+                                    strategies, fitted).cache()
                 ranked.count()  # scored here, not by the first write
             _log_score_steps(timers)
         else:
@@ -348,11 +352,11 @@ def fit_metamodel(tables, catalog, prototypes, as_of, config, cache: dict | None
 
 
 def rank_users(context, prototypes, model, users, config, timers: dict | None = None,
-               strategies: tuple[str, ...] | None = None):
+               strategies: tuple[str, ...] | None = None, fitted: list | None = None):
     """Each strategy's top-k open sales for ``users`` (RANKING_SCHEMA): the meta-model's and
-    each recommender's alone (or only ``strategies``), fitted on ``context``. ``timers``:
-    see ``score_users``."""
-    fitted = recs.fit_all(prototypes + signals_from_config(config), context)
+    each recommender's alone (or only ``strategies``), fitted on ``context`` unless ``fitted``
+    is given. ``timers``: see ``score_users``."""
+    fitted = fitted or recs.fit_all(prototypes + signals_from_config(config), context)
     strategies = strategies or (METAMODEL, *[r.name for r in prototypes])
     return score_users(context, fitted, users, RankTopK(model, config["top_k"], strategies),
                        RANKING_SCHEMA, config["spark"]["scoring_partitions"], timers)
