@@ -25,6 +25,14 @@ def _date(text: str) -> dt.date:
         raise argparse.ArgumentTypeError(f"not a date in YYYY-MM-DD form: {text!r}") from None
 
 
+def _config_and_data(args) -> dict:
+    """The configuration of ``--conf``, once ``--data`` is known to be a folder."""
+    config = load_config(args.conf)
+    if not Path(args.data).is_dir():
+        raise ConfigError(f"--data {args.data}: no such folder")
+    return config
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="salerank", description=(
         "Nightly recommendations of time-limited sales, on Spark."))
@@ -136,9 +144,7 @@ def run_nightly_command(args) -> int:
     from ..jobs.pipeline import run_nightly
     from .spark import get_spark
 
-    config = load_config(args.conf)
-    if not Path(args.data).is_dir():
-        raise ConfigError(f"--data {args.data}: no such folder")
+    config = _config_and_data(args)
     result = run_nightly(get_spark(config), args.data, args.date, args.out, config)
     print(f"{result.rows} recommendations for {result.active_users} users with {result.model_version} "
           f"in {result.output}; manifest in {result.manifest}")
@@ -151,9 +157,7 @@ def run_train_command(args) -> int:
     from ..jobs.pipeline import run_training
     from .spark import get_spark
 
-    config = load_config(args.conf)
-    if not Path(args.data).is_dir():
-        raise ConfigError(f"--data {args.data}: no such folder")
+    config = _config_and_data(args)
     result = run_training(get_spark(config), args.data, args.date, args.out, config, args.alias)
     print(f"registered {result.model_version}" + (f" with alias {args.alias!r}" if args.alias else ""))
     return 0
@@ -169,9 +173,7 @@ def run_ab_report(args) -> int:
     from .spark import get_spark
     from .tracking import start_run
 
-    config = load_config(args.conf)
-    if not Path(args.data).is_dir():
-        raise ConfigError(f"--data {args.data}: no such folder")
+    config = _config_and_data(args)
     spark = get_spark(config)
     report = ab_report(spark, load_tables(spark, args.data), args.out, args.experiment, args.window_days)
     print(report_table(report))
@@ -199,9 +201,7 @@ def run_backtest_command(args) -> int:
     from .backtesting import overall_table, run_backtest
     from .spark import get_spark
 
-    config = load_config(args.conf)
-    if not Path(args.data).is_dir():
-        raise ConfigError(f"--data {args.data}: no such folder")
+    config = _config_and_data(args)
     if args.end < args.start:
         raise ConfigError(f"--end {args.end} is before --start {args.start}")
     if args.truth_days < 1 or args.new_sale_days < 1:
@@ -266,9 +266,7 @@ def run_label_next(args) -> int:
     from ..image_labelling.tagger import Backbone
     from .spark import get_spark
 
-    config = load_config(args.conf)
-    if not Path(args.data).is_dir():
-        raise ConfigError(f"--data {args.data}: no such folder")
+    config = _config_and_data(args)
     tables = load_tables(get_spark(config), args.data)
     photos = sorted(tables.sale_images.select("image_path").distinct().toPandas()["image_path"])
     labels = tables.image_labels.toPandas() if tables.image_labels is not None else pd.DataFrame(
