@@ -7,7 +7,6 @@ records the run in MLflow.
 """
 from __future__ import annotations
 
-import copy
 import datetime as dt
 import hashlib
 import json
@@ -165,6 +164,7 @@ def _nightly(spark, data_dir, run_date, out_dir, config, keep_rankings, night) -
             keep_rankings or purchases_on(tables, catalog, run_date).limit(1).count() > 0)
         strategies = None if evaluating else (
             METAMODEL, *sorted({v.strategy for e in experiments for v in e.variants} - {METAMODEL}))
+        fitted = []
         if n_active and n_open:
             timers, fits = {}, {}
             with stages("fit"):  # on the driver: the sale-side state that scoring broadcasts
@@ -188,7 +188,7 @@ def _nightly(spark, data_dir, run_date, out_dir, config, keep_rankings, night) -
             exported = {e.name: _export(night, ranked, active, e, run_date, registered.label)
                         for e in experiments}
         with stages("report"):
-            _report(night, context, tables, ranked, themes, prototypes, data_dir, config, {
+            _report(night, context, tables, ranked, themes, fitted, data_dir, config, {
                 "model": registered.label, "active users": n_active, "open sales": n_open,
                 **{f"experiment {name}": ", ".join(f"{v}: {n} users" for v, n in users.items())
                    for name, users in exported.items()}})
@@ -241,9 +241,10 @@ def _export(night, ranked, active, experiment, run_date, model_label) -> dict:
     return users
 
 
-def _report(night, context, tables, ranked, themes, prototypes, data_dir, config, summary) -> None:
+def _report(night, context, tables, ranked, themes, fitted, data_dir, config, summary) -> None:
     """Stage the night's HTML report (see ``night_report``) and log it to MLflow."""
-    image_themes = next((copy.deepcopy(p).fit(context) for p in prototypes if p.name == "image_themes"), None)
+    # the night's fitted recommender (none when nobody was ranked: then no user is shown)
+    image_themes = next((r for r in fitted if r.name == "image_themes"), None)
     page = night_report(context, tables, ranked, themes, image_themes, str(data_dir), summary,
                         config["report"]["sample_users"], config["seed"])
     night.write_bytes(page.encode(), "reports", "index.html")
