@@ -9,7 +9,6 @@ recommenders' scores of the whole block, before any negative sampling.
 from __future__ import annotations
 
 import numpy as np
-from scipy.stats import rankdata
 
 from ..recommenders.base import Recommender, UserHistory
 
@@ -113,10 +112,51 @@ def rank_name(recommender: str) -> str:
     return f"rank_{recommender}"
 
 
+def compact(block: np.ndarray) -> np.ndarray:
+    """``block`` (users x sales), or the one row or column that it repeats: a score that is
+    the same for every user (popularity, days open) or for every sale (recency) is then
+    transformed once per block instead of once per pair."""
+    if block.ndim == 2 and block.size:
+        if (block[-1] == block[0]).all() and (block == block[:1]).all():
+            return block[:1]
+        if (block[:, -1] == block[:, 0]).all() and (block == block[:, :1]).all():
+            return block[:, :1]
+    return block
+
+
+def within_user_ranks(scores: np.ndarray) -> np.ndarray:
+    """The rank of every open sale within its user's row of finite ``scores``, as int32:
+    1 = highest, and ties share the best rank (``scipy.stats.rankdata(-scores,
+    method="min", axis=1)``, exactly).
+
+    One argsort and one sort of values per row instead of rankdata's several passes; a
+    score that is the same for every user (popularity) is ranked once for the block, and
+    one that is the same for every sale ties everywhere.
+    """
+    scores = np.asarray(scores, dtype=float)
+    if scores.size == 0:
+        return np.zeros(scores.shape, dtype=np.int32)
+    repeated = compact(scores)
+    if repeated.shape != scores.shape:
+        return np.broadcast_to(within_user_ranks(repeated), scores.shape)
+    n, m = scores.shape
+    descending = np.negative(scores)
+    order = np.argsort(descending, axis=1)
+    descending.sort(axis=1)
+    # a tie group's rank is the position of its first member in the sorted row
+    starts = np.tile(np.arange(1, m + 1, dtype=np.int32), (n, 1))
+    tied = descending[:, 1:] == descending[:, :-1]
+    rows = np.flatnonzero(tied.any(axis=1))  # continuous scores (ALS, BPR) rarely tie
+    if len(rows):
+        starts[:, 1:][tied] = 0
+        starts[rows] = np.maximum.accumulate(starts[rows], axis=1)
+    ranks = np.empty((n, m), dtype=np.int32)
+    ranks.ravel()[(order + np.arange(0, n * m, m)[:, None]).ravel()] = starts.ravel()
+    return ranks
+
+
 def with_ranks(scores: dict[str, np.ndarray], ranked: tuple[str, ...]) -> dict[str, np.ndarray]:
     """``scores`` plus, for each name in ``ranked``, the rank of every open sale within the
-    user's row (1 = best; ties share the best rank, so sales a recommender cannot tell
-    apart get the same rank)."""
-    extra = {rank_name(n): rankdata(-np.asarray(scores[n], dtype=float), method="min", axis=1)
-             .astype(float) for n in ranked}
+    user's row (see :func:`within_user_ranks`), as float."""
+    extra = {rank_name(n): within_user_ranks(scores[n]).astype(float) for n in ranked}
     return {**scores, **extra}

@@ -11,7 +11,7 @@ from sklearn.metrics import log_loss, roc_auc_score
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
-from .features import with_ranks
+from .features import compact, rank_name, within_user_ranks
 
 
 def signed_log1p(x: np.ndarray) -> np.ndarray:
@@ -72,17 +72,30 @@ class MetaModel:
         return self.pipeline_.predict_proba(features)[:, 1]
 
     def score_blocks(self, scores: dict[str, np.ndarray]) -> np.ndarray:
-        """Purchase probability for a ``users x sales`` block of each recommender's scores."""
-        scores = with_ranks(scores, self.ranked)
-        # the pipeline's algebra feature by feature (log1p, standardise, logistic), without
-        # stacking a (users x sales x features) copy: the same numbers as predict_proba
+        """Purchase probability for a ``users x sales`` block of each recommender's scores.
+
+        The pipeline's algebra (signed ``log1p``, standardise, logistic) is applied feature
+        by feature into one buffer instead of stacking a ``users x sales x features`` copy,
+        and a rank's ``log1p`` is looked up in a table: the same numbers as
+        :meth:`predict_proba`, in a few passes over the block.
+        """
         _, scaler, regression = self.pipeline_.named_steps.values()
         weights = regression.coef_[0] / scaler.scale_
-        z = np.full(np.shape(scores[self.feature_names[0]]),
-                    regression.intercept_[0] - float(weights @ scaler.mean_))
+        shape = np.shape(scores[self.feature_names[0]])
+        z = np.full(shape, regression.intercept_[0] - float(weights @ scaler.mean_))
+        term = np.empty(shape)
+        ranked = {rank_name(name): name for name in self.ranked}
         for name, weight in zip(self.feature_names, weights):
-            z += weight * signed_log1p(np.asarray(scores[name], dtype=float))
-        return expit(z)
+            if name in ranked:  # ranks are 1..sales
+                table = weight * np.log1p(np.arange(shape[1] + 1, dtype=float))
+                z += np.take(table, within_user_ranks(scores[ranked[name]]), out=term)
+                continue
+            x = compact(np.asarray(scores[name], dtype=float))
+            out = term if x.shape == shape else None
+            transformed = np.copysign(np.log1p(np.abs(x, out=out), out=out), x, out=out)
+            transformed *= weight
+            z += transformed  # broadcast when the score repeats a row or a column
+        return expit(z, out=z)
 
     def evaluate(self, examples: pd.DataFrame) -> dict[str, float]:
         """AUC and log loss on labelled examples."""

@@ -72,4 +72,5 @@ class ContentBased(Recommender):
         group_of = self.groups_.indices  # one group per feature, in feature order
         shares = np.divide(profile, totals[:, group_of], out=np.zeros_like(profile),
                            where=totals[:, group_of] > 0)
-        return shares @ self.open_profiles_
+        # sparse x dense sums each user's row on its own: the same bits whatever the block
+        return np.asarray(sp.csr_matrix(shares) @ self.open_profiles_)

@@ -32,9 +32,15 @@ class Block:
 
 Emit = Callable[[Block], pd.DataFrame]
 
+# Users x open sales cells scored together: about 20 MB per dense float64 array, so a
+# task's memory is bounded by the block (a few dozen such arrays), not by its users, and
+# the arrays stay closer to the cache than a whole 10,000-row Arrow batch.
+BLOCK_CELLS = 2_500_000
+
 
 def score_users(context: ScoringContext, recommenders: list[Recommender], users: DataFrame,
-                emit: Emit, schema: str, partitions: int, timers: dict | None = None) -> DataFrame:
+                emit: Emit, schema: str, partitions: int, timers: dict | None = None,
+                block_cells: int = BLOCK_CELLS) -> DataFrame:
     """Apply ``emit`` to every block of ``users`` scored by the fitted ``recommenders``.
 
     Parameters
@@ -46,6 +52,8 @@ def score_users(context: ScoringContext, recommenders: list[Recommender], users:
     timers : dict, optional
         Filled with a Spark accumulator per step (``histories``, each recommender, ``emit``):
         the seconds the executors spent in it, summed over tasks, once an action has run.
+    block_cells : int
+        Users x open sales scored at once (the Arrow batches are cut to this size).
     """
     spark = users.sparkSession
     steps = ["histories", *[r.name for r in recommenders], "emit"]
@@ -59,21 +67,29 @@ def score_users(context: ScoringContext, recommenders: list[Recommender], users:
 
     def score_partition(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         state = shared.value
-        for batch in batches:
-            start = time.perf_counter()
-            history = UserHistory.from_lists(list(batch["items"]), list(batch["bought"]),
-                                             state["n_sales"], list(batch["age_days"]),
-                                             batch["user_id"].to_numpy())
-            start = _lap(clocks["histories"], start)
-            scores = {}
-            for r in state["recommenders"]:
-                scores[r.name] = r.score(history)
-                start = _lap(clocks[r.name], start)
-            out = state["emit"](Block(batch, history, scores, state["open_idx"], state["open_ids"]))
-            _lap(clocks["emit"], start)
-            yield out
+        block_users = max(1, block_cells // max(1, len(state["open_idx"])))
+        for arrow_batch in batches:
+            for lo in range(0, len(arrow_batch), block_users):
+                yield score_block(state, arrow_batch.iloc[lo:lo + block_users])
 
-    histories = context.user_histories(users).repartition(partitions, "user_id")
+    def score_block(state: dict, batch: pd.DataFrame) -> pd.DataFrame:
+        start = time.perf_counter()
+        history = UserHistory.from_lists(list(batch["items"]), list(batch["bought"]),
+                                         state["n_sales"], list(batch["age_days"]),
+                                         batch["user_id"].to_numpy())
+        start = _lap(clocks["histories"], start)
+        scores = {}
+        for r in state["recommenders"]:
+            scores[r.name] = r.score(history)
+            start = _lap(clocks[r.name], start)
+        out = state["emit"](Block(batch, history, scores, state["open_idx"], state["open_ids"]))
+        _lap(clocks["emit"], start)
+        return out
+
+    # sorted within the partition, so that its Arrow batches and blocks hold the same users
+    # on every run whatever order the shuffle delivers them in (BLAS sums depend on shape)
+    histories = (context.user_histories(users).repartition(partitions, "user_id")
+                 .sortWithinPartitions("user_id"))
     return histories.mapInPandas(score_partition, schema)
 
 

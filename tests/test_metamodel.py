@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 
 from salerank.metamodel.evaluation import ranking_metrics
+from salerank.metamodel.features import within_user_ranks
 from salerank.metamodel.model import MetaModel
 from salerank.metamodel.ranking import RankTopK, top_k
 from salerank.metamodel.training import SampleExamples
@@ -33,17 +34,43 @@ def test_metamodel_learns_which_score_matters():
     assert probability.shape == (1, 2) and probability[0, 1] > probability[0, 0]
 
 
-def test_block_scoring_gives_the_pipelines_probabilities():
-    """score_blocks applies the fitted pipeline feature by feature: the same numbers."""
+@pytest.mark.parametrize("noise_repeats", ["nothing", "a row", "a column"])
+def test_block_scoring_gives_the_pipelines_probabilities(noise_repeats):
+    """score_blocks applies the fitted pipeline feature by feature: the same numbers, also
+    when a score is the same for every user (a row) or for every sale (a column)."""
     model = MetaModel(["useful", "noise", "rank_useful"], ranked=("useful",)).fit(
         synthetic_examples().assign(rank_useful=lambda f: f.useful.rank(ascending=False)))
     rng = np.random.default_rng(2)
     blocks = {"useful": rng.exponential(2.0, (50, 30)), "noise": rng.exponential(2.0, (50, 30))}
     blocks["useful"][:, :5] = 1.0  # ties share the best rank
+    if noise_repeats == "a row":
+        blocks["noise"][:] = blocks["noise"][0]
+    elif noise_repeats == "a column":
+        blocks["noise"][:] = blocks["noise"][:, :1]
     ranks = pd.DataFrame(-blocks["useful"]).rank(axis=1, method="min").to_numpy()
     stacked = np.stack([blocks["useful"], blocks["noise"], ranks], axis=-1).reshape(-1, 3)
     expected = model.predict_proba(stacked).reshape(50, 30)
     np.testing.assert_allclose(model.score_blocks(blocks), expected, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (6, 1), (1, 9), (40, 300)])
+def test_within_user_ranks_equal_rankdata(shape):
+    """Ties (zeros, repeated values, signs) share the best rank, exactly as scipy's."""
+    from scipy.stats import rankdata
+
+    rng = np.random.default_rng(shape[0] * 1000 + shape[1])
+    scores = rng.integers(-3, 4, shape) * rng.choice([0.5, 1.0], shape)
+    scores[:, ::2] += rng.standard_normal((shape[0], (shape[1] + 1) // 2))
+    ranks = within_user_ranks(scores)
+    assert ranks.dtype == np.int32
+    np.testing.assert_array_equal(ranks, rankdata(-scores, method="min", axis=1))
+
+
+def test_within_user_ranks_of_a_user_independent_score_and_of_nothing():
+    popularity = np.tile([3.0, 7.0, 3.0, 0.0, 9.0], (4, 1))
+    np.testing.assert_array_equal(within_user_ranks(popularity), np.tile([3, 2, 3, 5, 1], (4, 1)))
+    assert within_user_ranks(np.zeros((0, 5))).shape == (0, 5)
+    assert within_user_ranks(np.zeros((3, 0))).shape == (3, 0)
 
 
 def test_model_version_is_a_content_hash():

@@ -1,5 +1,6 @@
 """Each recommender on a hand-made history whose scores can be worked out by hand."""
 import numpy as np
+import pandas as pd
 import pytest
 
 from salerank.recommenders import ContentBased, ItemCF, Popularity, UserHistory
@@ -79,3 +80,25 @@ def test_content_matches_the_dominant_image_theme(hand_context):
     without = ContentBased(price_bands=2).fit(hand_context).score(history([0]))
     # a user who visited s1 now also matches s3 on its theme, and s4 on nothing new
     np.testing.assert_allclose(model.score(history([0])) - without, [[1, 0, 1, 0]])
+
+
+def test_scoring_in_small_blocks_gives_the_same_rankings(tables, catalog, world):
+    """Cutting the Arrow batches into blocks of a few users (to bound a task's memory)
+    changes nothing in the output, down to the order of tied sales (sparse products sum
+    each user's row on its own)."""
+    from salerank.features.history import ScoringContext
+    from salerank.metamodel.ranking import RANKING_SCHEMA, RankTopK
+    from salerank.recommenders.scoring import score_users
+
+    context = ScoringContext.build(tables, catalog, world.last_date)
+    fitted = [ItemCF().fit(context), ContentBased().fit(context), Popularity().fit(context)]
+    users = context.active_users(30)
+    emit = RankTopK(None, k=5, strategies=("item_cf", "content", "popularity"))
+
+    def ranked(block_cells):
+        frame = score_users(context, fitted, users, emit, RANKING_SCHEMA, 2, block_cells=block_cells)
+        return frame.toPandas().sort_values(["strategy", "user_id", "rank"]).reset_index(drop=True)
+
+    whole, small = ranked(10**9), ranked(3 * len(context.open_idx))
+    assert users.count() > 20 and len(whole) > 100
+    pd.testing.assert_frame_equal(whole, small)
