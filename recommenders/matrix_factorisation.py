@@ -89,6 +89,13 @@ class ALS(_ImplicitMF):
                                        alpha=self.alpha, iterations=self.iterations,
                                        random_state=self.seed, num_threads=1)
 
+    def fit(self, context) -> ALS:
+        super().fit(context)
+        if self.model_ is not None:  # users are folded in when scored: broadcast the item side only
+            self.model_.user_factors = self.model_.user_factors[:0].copy()
+            del self.user_index_
+        return self
+
     def _user_factors(self, history: UserHistory) -> np.ndarray:
         weights = history.weighted(self.visit_weight, self.purchase_weight).astype(np.float32)
         return self.model_.recalculate_user(np.arange(len(history)), sp.csr_matrix(weights))

@@ -47,8 +47,11 @@ def test_matrix_factorisation_ranks_the_users_own_group_first(context, model):
 
 
 def test_als_folds_in_a_user_it_never_saw(context):
-    scores = ALS(factors=2, iterations=20).fit(context).score(history([5, 6]))[0]
+    fitted = ALS(factors=2, iterations=20).fit(context)
+    scores = fitted.score(history([5, 6]))[0]
     assert scores[[7, 8, 9]].min() > scores[:5].max()
+    # what is broadcast to the workers holds no per-user state: it does not grow with users
+    assert fitted.model_.user_factors.shape == (0, 2) and not hasattr(fitted, "user_index_")
 
 
 def test_bpr_scores_unknown_users_zero(context):
