@@ -1,8 +1,10 @@
 """The interface every recommender honours.
 
 A recommender is fitted on a :class:`~salerank.features.history.ScoringContext` (what is
-known at the start of a day) and learns only *sale-side* state: small, because few sales
-are open on a day, and broadcast to every worker.  It then scores blocks of users against
+known at the start of a day) and learns *sale-side* state: small, because few sales are
+open on a day, and broadcast to every worker.  State learned per user (BPR's user factors)
+is never broadcast: it is joined to the users' histories, so a worker holds only the
+users of its partition (:meth:`Recommender.user_state`).  It then scores blocks of users against
 the open sales with vectorised numpy/scipy: :meth:`Recommender.score` takes the users'
 histories as sparse matrices and returns a dense ``users x open sales`` block.  No
 (user, sale) pair ever goes through a shuffle.
@@ -10,7 +12,7 @@ histories as sparse matrices and returns a dense ``users x open sales`` block.  
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.sparse as sp
@@ -25,7 +27,8 @@ class UserHistory:
     seen: sp.csr_matrix  # visited or bought before the day
     bought: sp.csr_matrix  # bought before the day
     age_days: np.ndarray | None = None  # days since the last interaction, aligned with seen.data
-    user_ids: np.ndarray | None = None  # one per row, for models that keep per-user state
+    # per-user state joined to these users, by recommender name (see Recommender.user_state)
+    states: dict[str, np.ndarray] = field(default_factory=dict)
 
     def weighted(self, visit_weight: float, purchase_weight: float,
                  half_life_days: float | None = None) -> sp.csr_matrix:
@@ -40,7 +43,7 @@ class UserHistory:
     @classmethod
     def from_lists(cls, items: list[np.ndarray], bought: list[np.ndarray], n_sales: int,
                    age_days: list[np.ndarray] | None = None,
-                   user_ids: np.ndarray | None = None) -> UserHistory:
+                   states: dict[str, np.ndarray] | None = None) -> UserHistory:
         lengths = np.fromiter((len(x) for x in items), dtype=np.int64, count=len(items))
         indptr = np.concatenate([[0], np.cumsum(lengths)])
         indices = (np.concatenate(items).astype(np.int32) if lengths.sum()
@@ -54,7 +57,7 @@ class UserHistory:
         ages = None
         if age_days is not None:
             ages = (np.concatenate(age_days).astype(float) if lengths.sum() else np.zeros(0))
-        return cls(seen, bought_m, ages, None if user_ids is None else np.asarray(user_ids))
+        return cls(seen, bought_m, ages, states or {})
 
     def __len__(self) -> int:
         return self.seen.shape[0]
@@ -75,3 +78,12 @@ class Recommender(ABC):
     @abstractmethod
     def score(self, history: UserHistory) -> np.ndarray:
         """Scores of shape ``(len(history), len(context.open_idx))``; higher is better."""
+
+    def user_state(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """Learned per-user state as ``(user_ids, users x width float32 array)``, or None.
+
+        Scoring joins each user's row to their history as ``history.states[self.name]``
+        (zeros for a user without one) instead of broadcasting it, so a recommender that
+        has some must leave it out of what is pickled.
+        """
+        return None

@@ -4,8 +4,9 @@ The model is trained on the driver (``implicit`` is single-node) from every user
 and purchases before the day, weighted like the other profiles.  Only the item factors of
 the catalogue are broadcast.  ALS folds each block's users in from their history
 (``recalculate_user``: one exact least-squares solve per user against the item factors),
-so users unseen at training time still get factors; BPR has no such solve, so its user
-factors are looked up by ``user_id`` (users it never saw score 0).
+so users unseen at training time still get factors; BPR has no such solve: its user
+factors are joined to the users' histories when they are scored (``user_state``), never
+broadcast (users it never saw score 0).
 
 Sales that nobody had touched before the day have no signal: their factors stay at their
 small random start and their scores are near 0.  The image themes cover those sales.
@@ -49,7 +50,7 @@ class _ImplicitMF(Recommender):
             with threadpool_limits(1, "blas"):  # implicit's own threads; BLAS threads only contend
                 self.model_ = self._model()
                 self.model_.fit(matrix, show_progress=False)
-            self.user_index_ = users
+            self.user_ids_ = users.to_numpy()
         self.open_idx_ = context.open_idx
         return self
 
@@ -93,7 +94,7 @@ class ALS(_ImplicitMF):
         super().fit(context)
         if self.model_ is not None:  # users are folded in when scored: broadcast the item side only
             self.model_.user_factors = self.model_.user_factors[:0].copy()
-            del self.user_index_
+            del self.user_ids_
         return self
 
     def _user_factors(self, history: UserHistory) -> np.ndarray:
@@ -128,10 +129,22 @@ class BPR(_ImplicitMF):
                                            iterations=self.iterations, random_state=self.seed,
                                            num_threads=1)
 
+    def fit(self, context) -> BPR:
+        super().fit(context)
+        if self.model_ is not None:
+            self.user_factors_ = np.asarray(self.model_.user_factors)
+            self.model_.user_factors = self.user_factors_[:0].copy()
+        return self
+
+    def user_state(self) -> tuple[np.ndarray, np.ndarray] | None:
+        return None if self.model_ is None else (self.user_ids_, self.user_factors_)
+
+    def __getstate__(self) -> dict:
+        # what is broadcast to the workers: the item side only (user factors are joined)
+        return {k: v for k, v in self.__dict__.items() if k not in ("user_ids_", "user_factors_")}
+
     def _user_factors(self, history: UserHistory) -> np.ndarray:
-        if history.user_ids is None:
-            raise ValueError("BPR scores users by id: the history carries no user_ids")
-        rows = self.user_index_.get_indexer(pd.Index(history.user_ids))
-        factors = np.asarray(self.model_.user_factors)
-        found = np.where(rows[:, None] >= 0, factors[np.maximum(rows, 0)], 0.0)
-        return found
+        if self.name not in history.states:
+            raise ValueError("BPR scores users from their factors joined to their histories "
+                             "(Recommender.user_state); this history has none")
+        return history.states[self.name]

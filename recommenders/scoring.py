@@ -60,9 +60,16 @@ def score_users(context: ScoringContext, recommenders: list[Recommender], users:
     clocks = {step: spark.sparkContext.accumulator(0.0) for step in steps}
     if timers is not None:
         timers.update(clocks)
+    histories = context.user_histories(users)
+    widths = {}
+    for r in recommenders:
+        if (state := r.user_state()) is not None:
+            histories = histories.join(_state_frame(spark, r.name, *state), "user_id", "left")
+            widths[r.name] = state[1].shape[1]
     shared = spark.sparkContext.broadcast({
         "recommenders": recommenders, "emit": emit, "open_idx": context.open_idx,
         "open_ids": context.catalog.sale_ids(context.open_idx), "n_sales": len(context.catalog),
+        "widths": widths,
     })
 
     def score_partition(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
@@ -74,9 +81,9 @@ def score_users(context: ScoringContext, recommenders: list[Recommender], users:
 
     def score_block(state: dict, batch: pd.DataFrame) -> pd.DataFrame:
         start = time.perf_counter()
+        states = {name: _stack(batch[_state_column(name)], width) for name, width in state["widths"].items()}
         history = UserHistory.from_lists(list(batch["items"]), list(batch["bought"]),
-                                         state["n_sales"], list(batch["age_days"]),
-                                         batch["user_id"].to_numpy())
+                                         state["n_sales"], list(batch["age_days"]), states)
         start = _lap(clocks["histories"], start)
         scores = {}
         for r in state["recommenders"]:
@@ -88,9 +95,33 @@ def score_users(context: ScoringContext, recommenders: list[Recommender], users:
 
     # sorted within the partition, so that its Arrow batches and blocks hold the same users
     # on every run whatever order the shuffle delivers them in (BLAS sums depend on shape)
-    histories = (context.user_histories(users).repartition(partitions, "user_id")
-                 .sortWithinPartitions("user_id"))
+    histories = histories.repartition(partitions, "user_id").sortWithinPartitions("user_id")
     return histories.mapInPandas(score_partition, schema)
+
+
+def _state_column(name: str) -> str:
+    return f"state_{name}"
+
+
+def _state_frame(spark, name: str, user_ids: np.ndarray, rows: np.ndarray) -> DataFrame:
+    """``user_id`` and each user's row of state as ``array<float>``, built from Arrow
+    buffers (no Python object per user)."""
+    import pyarrow as pa
+
+    rows = np.ascontiguousarray(rows, dtype=np.float32)
+    offsets = pa.array(np.arange(0, rows.size + 1, rows.shape[1], dtype=np.int32))
+    column = pa.ListArray.from_arrays(offsets, pa.array(rows.ravel()))
+    table = pa.table({"user_id": pa.array(user_ids.astype(str)), _state_column(name): column})
+    return spark.createDataFrame(table, f"user_id string, {_state_column(name)} array<float>")
+
+
+def _stack(column: pd.Series, width: int) -> np.ndarray:
+    """The joined rows of state as a ``users x width`` array; zeros where a user had none."""
+    out = np.zeros((len(column), width), dtype=np.float32)
+    present = column.notna().to_numpy()
+    if present.any():
+        out[present] = np.stack(column[present].to_numpy())
+    return out
 
 
 def _lap(clock, start: float) -> float:

@@ -31,9 +31,20 @@ def context(spark):
     return ScoringContext.build(tables, Catalog.from_tables(spark, tables), AS_OF)
 
 
-def history(items, user_id="new"):
-    return UserHistory.from_lists([np.array(items)], [np.zeros(len(items), bool)], 10,
-                                  user_ids=np.array([user_id]))
+def history(model, items, user_id="new"):
+    """One user's history, with ``model``'s per-user state for ``user_id`` joined to it as
+    scoring does (zeros if the model has none for this user)."""
+    return block(model, [items], [user_id])
+
+
+def block(model, item_lists, user_ids):
+    states = {}
+    if (state := model.user_state()) is not None:
+        ids, rows = state
+        found = {u: rows[i] for i, u in enumerate(ids)}
+        states[model.name] = np.stack([found.get(u, np.zeros(rows.shape[1], np.float32)) for u in user_ids])
+    return UserHistory.from_lists([np.array(x) for x in item_lists],
+                                  [np.zeros(len(x), bool) for x in item_lists], 10, states=states)
 
 
 @pytest.mark.parametrize("model", [ALS(factors=2, iterations=20), BPR(factors=2, iterations=200)])
@@ -41,27 +52,53 @@ def test_matrix_factorisation_ranks_the_users_own_group_first(context, model):
     fitted = model.fit(context)
     # a group-A user: every unseen A sale scores above every B sale
     u = context.events.filter("user_id = 'u00'").toPandas()["sale_idx"].tolist()
-    scores = fitted.score(history(u, "u00"))[0]
+    scores = fitted.score(history(fitted, u, "u00"))[0]
     unseen_a = [i for i in range(5) if i not in u]
     assert scores[unseen_a].min() > scores[5:].max()
 
 
 def test_als_folds_in_a_user_it_never_saw(context):
     fitted = ALS(factors=2, iterations=20).fit(context)
-    scores = fitted.score(history([5, 6]))[0]
+    scores = fitted.score(history(fitted, [5, 6]))[0]
     assert scores[[7, 8, 9]].min() > scores[:5].max()
     # what is broadcast to the workers holds no per-user state: it does not grow with users
-    assert fitted.model_.user_factors.shape == (0, 2) and not hasattr(fitted, "user_index_")
+    assert fitted.model_.user_factors.shape == (0, 2) and fitted.user_state() is None
 
 
 def test_bpr_scores_unknown_users_zero(context):
-    assert not BPR(factors=4).fit(context).score(history([5, 6], "stranger")).any()
+    fitted = BPR(factors=4).fit(context)
+    assert not fitted.score(history(fitted, [5, 6], "stranger")).any()
+
+
+def test_bpr_user_factors_are_joined_to_the_users_not_broadcast(context):
+    """Scoring through Spark joins each user's BPR factors to their history: the same
+    scores as the factors themselves, zeros for a stranger; the pickled (broadcast)
+    model holds no per-user state."""
+    import pickle
+
+    from salerank.metamodel.ranking import RANKING_SCHEMA, RankTopK
+    from salerank.recommenders.scoring import score_users
+
+    fitted = BPR(factors=4).fit(context)
+    ids, factors = fitted.user_state()
+    assert len(ids) == 40 and factors.shape == (40, 5)  # 4 factors and the item bias
+    assert not hasattr(pickle.loads(pickle.dumps(fitted)), "user_factors_")
+    users = context.events.sparkSession.createDataFrame([("u03",), ("u27",), ("stranger",)], "user_id string")
+    ranked = score_users(context, [fitted], users, RankTopK(None, 3, ("bpr",)), RANKING_SCHEMA, 2).toPandas()
+    items = np.asarray(fitted.model_.item_factors)[context.open_idx]
+    for user in ("u03", "u27"):
+        expected = factors[list(ids).index(user)] @ items.T
+        got = ranked[ranked.user_id == user].sort_values("rank")
+        np.testing.assert_allclose(got["score"], np.sort(expected)[::-1][:3], rtol=1e-6)
+    assert (ranked[ranked.user_id == "stranger"]["score"] == 0).all()
 
 
 @pytest.mark.parametrize("model", [ALS, BPR])
 def test_same_seed_same_scores(context, model):
-    block = UserHistory.from_lists([np.array([0, 1]), np.array([7])], [np.zeros(2, bool), np.zeros(1, bool)],
-                                   10, user_ids=np.array(["u01", "u30"]))
-    first = model(factors=4, seed=7).fit(context).score(block)
-    np.testing.assert_array_equal(first, model(factors=4, seed=7).fit(context).score(block))
-    assert not np.array_equal(first, model(factors=4, seed=8).fit(context).score(block))
+    def scores(seed):
+        fitted = model(factors=4, seed=seed).fit(context)
+        return fitted.score(block(fitted, [[0, 1], [7]], ["u01", "u30"]))
+
+    first = scores(7)
+    np.testing.assert_array_equal(first, scores(7))
+    assert not np.array_equal(first, scores(8))
