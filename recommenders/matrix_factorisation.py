@@ -103,23 +103,26 @@ class ALS(_ImplicitMF):
 
 
 class BPR(_ImplicitMF):
-    """Bayesian personalised ranking (Rendle et al., 2009) from ``implicit``, trained on
-    one thread so that the same seed gives the same factors.
+    """Bayesian personalised ranking (Rendle et al., 2009) from ``implicit``.
 
     Parameters
     ----------
     factors, learning_rate, regularization, iterations : the model's.
     visit_weight, purchase_weight : only whether a weight is positive matters to BPR.
     seed : initial factors and sampling.
+    threads : 1 (the default) gives the same factors for the same seed. More threads fit
+        faster, but ``implicit`` then updates the factors lock-free (Hogwild), so they, and
+        the night's recommendations, depend on thread timing.
     """
 
     name = "bpr"
 
     def __init__(self, factors: int = 32, learning_rate: float = 0.05, regularization: float = 0.01,
                  iterations: int = 100, visit_weight: float = 1.0, purchase_weight: float = 3.0,
-                 seed: int = 42):
+                 seed: int = 42, threads: int = 1):
         super().__init__(factors, regularization, iterations, visit_weight, purchase_weight, seed)
         self.learning_rate = learning_rate
+        self.threads = threads
 
     def _model(self):
         from implicit.cpu.bpr import BayesianPersonalizedRanking
@@ -127,7 +130,7 @@ class BPR(_ImplicitMF):
         return BayesianPersonalizedRanking(factors=self.factors, learning_rate=self.learning_rate,
                                            regularization=self.regularization,
                                            iterations=self.iterations, random_state=self.seed,
-                                           num_threads=1)
+                                           num_threads=self.threads)
 
     def fit(self, context) -> BPR:
         super().fit(context)
