@@ -8,6 +8,7 @@ clear message instead of scoring nonsense.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -42,7 +43,9 @@ class RegisteredModel:
 
 def feature_config_hash(config: dict) -> str:
     """Hash of the settings that decide what the meta-model's features mean."""
-    relevant = {"recommenders": config["recommenders"], "signals": config["metamodel"]["signals"],
+    recommenders = copy.deepcopy(config["recommenders"])
+    recommenders["bpr"].pop("threads", None)  # how fast BPR fits, not what its scores mean
+    relevant = {"recommenders": recommenders, "signals": config["metamodel"]["signals"],
                 "ranks": config["metamodel"]["ranks"],
                 "images": {k: config["image_labelling"][k] for k in ("enabled", "backbone", "themes")}}
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]

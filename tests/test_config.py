@@ -39,3 +39,13 @@ def test_each_output_folder_gets_its_own_mlflow_store(config, tmp_path):
 
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'first' / 'mlflow.db'}")  # an earlier run
     assert tracking_uri(config, str(tmp_path / "second")) == f"sqlite:///{(tmp_path / 'second').resolve() / 'mlflow.db'}"
+
+
+def test_the_registered_models_feature_settings_ignore_how_fast_bpr_fits():
+    from salerank.jobs.registry import feature_config_hash
+
+    base = load_config()
+    threaded = load_config(overrides={"recommenders": {"bpr": {"threads": 2}}})
+    other_factors = load_config(overrides={"recommenders": {"bpr": {"factors": 16}}})
+    assert feature_config_hash(base) == feature_config_hash(threaded) != feature_config_hash(other_factors)
+    assert base["recommenders"]["bpr"]["threads"] == 1  # the hash did not touch the config
