@@ -44,41 +44,49 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 class PeakMemory(threading.Thread):
-    """Samples the resident memory of this process and all its descendants (JVM, workers)."""
+    """Samples the resident memory of this process and all its descendants (JVM, workers):
+    the peak of their sum, and the peak of the largest Python worker (a scoring task's
+    memory, which should not grow with the number of users)."""
 
     def __init__(self, every: float = 0.5):
         super().__init__(daemon=True)
-        self.every, self.peak, self.running = every, 0, True
+        self.every, self.peak, self.worker_peak, self.running = every, 0, 0, True
 
     @staticmethod
-    def tree_rss(root: int) -> int:
-        parents, rss = {}, {}
+    def tree_rss(root: int) -> tuple[int, int]:
+        """(RSS of ``root`` and its descendants, RSS of the largest Python descendant)."""
+        parents, rss, names = {}, {}, {}
         for entry in os.listdir("/proc"):
             if not entry.isdigit():
                 continue
             try:
                 with open(f"/proc/{entry}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
+                    stat = f.read()
+                fields = stat.rsplit(")", 1)[1].split()
                 parents[int(entry)] = int(fields[1])
                 rss[int(entry)] = int(fields[21]) * PAGE
+                names[int(entry)] = stat[stat.index("(") + 1:stat.rindex(")")]
             except (OSError, IndexError, ValueError):
                 continue
-        total, stack = 0, [root]
+        total, worker, stack = 0, 0, [root]
         while stack:
             pid = stack.pop()
             total += rss.get(pid, 0)
+            if pid != root and names.get(pid, "").startswith("python"):
+                worker = max(worker, rss.get(pid, 0))
             stack += [child for child, parent in parents.items() if parent == pid]
-        return total
+        return total, worker
 
     def run(self):
         while self.running:
-            self.peak = max(self.peak, self.tree_rss(os.getpid()))
+            total, worker = self.tree_rss(os.getpid())
+            self.peak, self.worker_peak = max(self.peak, total), max(self.worker_peak, worker)
             time.sleep(self.every)
 
-    def stop(self) -> int:
+    def stop(self) -> tuple[int, int]:
         self.running = False
         self.join()
-        return self.peak
+        return self.peak, self.worker_peak
 
 
 def timed(function, *args, **kwargs):
@@ -190,7 +198,7 @@ def main() -> None:
     memory = PeakMemory()
     memory.start()
     result, night_seconds = timed(run_nightly, spark, str(data), run_date, str(nights), config)
-    peak = memory.stop()
+    peak, worker_peak = memory.stop()
     metrics = mlflow.get_run(result.mlflow_run_id).data.metrics
     steps = {k[len("seconds_score."):]: v for k, v in metrics.items() if k.startswith("seconds_score.")}
     fits = {k[len("seconds_fit."):]: v for k, v in metrics.items() if k.startswith("seconds_fit.")}
@@ -209,7 +217,8 @@ def main() -> None:
           f"{dt.date.today()}")
     print(f"data: {json.dumps(sizes)}; active users {result.active_users}, open sales {result.open_sales}")
     print(f"training (3 days, registered): {train_seconds:.1f} s; whole night: {night_seconds:.1f} s; "
-          f"peak memory of the process tree during the night: {peak / 2**30:.2f} GiB")
+          f"peak memory of the process tree during the night: {peak / 2**30:.2f} GiB, "
+          f"of the largest Python worker: {worker_peak / 2**20:.0f} MiB")
     print("\nnight stages (wall seconds):")
     print(pd.Series(result.timings).round(1).to_string())
     print("\nfit stage (driver), seconds by recommender and signal:")
@@ -231,6 +240,7 @@ def main() -> None:
     (out / "results.json").write_text(json.dumps({
         "sizes": sizes, "active_users": result.active_users, "open_sales": result.open_sales,
         "train_seconds": train_seconds, "night_seconds": night_seconds, "peak_bytes": peak,
+        "worker_peak_bytes": worker_peak,
         "stages": result.timings, "fits": fits, "score_steps": steps, "peers": peers}, indent=2, default=str))
 
 
