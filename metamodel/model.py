@@ -72,11 +72,15 @@ class MetaModel:
         return self.pipeline_.predict_proba(features)[:, 1]
 
     def score_blocks(self, scores: dict[str, np.ndarray]) -> np.ndarray:
-        """Purchase probability for a ``users x sales`` block of each recommender's scores.
+        """Purchase probability for a ``users x sales`` block of each recommender's scores."""
+        return expit(self.logit_blocks(scores))
 
-        The pipeline's algebra (signed ``log1p``, standardise, logistic) is applied feature
-        by feature into one buffer instead of stacking a ``users x sales x features`` copy,
-        and a rank's ``log1p`` is looked up in a table: the same numbers as
+    def logit_blocks(self, scores: dict[str, np.ndarray]) -> np.ndarray:
+        """The log-odds of :meth:`score_blocks` (ranking by it needs no ``expit`` per pair).
+
+        The pipeline's algebra (signed ``log1p``, standardise, linear) is applied feature by
+        feature into one buffer instead of stacking a ``users x sales x features`` copy, and
+        a rank's ``log1p`` is looked up in a table: the same numbers as
         :meth:`predict_proba`, in a few passes over the block.
         """
         _, scaler, regression = self.pipeline_.named_steps.values()
@@ -92,10 +96,13 @@ class MetaModel:
                 continue
             x = compact(np.asarray(scores[name], dtype=float))
             out = term if x.shape == shape else None
-            transformed = np.copysign(np.log1p(np.abs(x, out=out), out=out), x, out=out)
+            if x.size and x.min() >= 0:  # most scores: the sign and abs passes change nothing
+                transformed = np.log1p(x, out=out)
+            else:
+                transformed = np.copysign(np.log1p(np.abs(x, out=out), out=out), x, out=out)
             transformed *= weight
             z += transformed  # broadcast when the score repeats a row or a column
-        return expit(z, out=z)
+        return z
 
     def evaluate(self, examples: pd.DataFrame) -> dict[str, float]:
         """AUC and log loss on labelled examples."""

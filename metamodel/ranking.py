@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from scipy.special import expit
 
 from ..recommenders.scoring import Block
 from .model import MetaModel
@@ -49,17 +50,19 @@ class RankTopK:
         already_bought = block.history.bought[:, block.open_idx].toarray() > 0
         parts = []
         for strategy in self.strategies:
-            scores = (self.model.score_blocks(block.scores) if strategy == METAMODEL
+            # the meta-model ranks by log-odds: its probability is computed for the top k only
+            scores = (self.model.logit_blocks(block.scores) if strategy == METAMODEL
                       else np.array(block.scores[strategy], dtype=float))
             scores[already_bought] = -np.inf
             cols = top_k(scores, self.k)
             best = np.take_along_axis(scores, cols, axis=1)
             rows, ranks = np.nonzero(np.isfinite(best))
+            best = best[rows, ranks]
             parts.append(pd.DataFrame({
                 "strategy": strategy,
                 "user_id": block.users["user_id"].to_numpy()[rows],
                 "rank": (ranks + 1).astype(np.int32),
                 "sale_id": block.open_ids[cols[rows, ranks]],
-                "score": best[rows, ranks],
+                "score": expit(best) if strategy == METAMODEL else best,
             }))
         return pd.concat(parts, ignore_index=True)

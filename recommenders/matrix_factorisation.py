@@ -73,22 +73,25 @@ class ALS(_ImplicitMF):
     alpha : confidence of an interaction, ``1 + alpha * weight``.
     visit_weight, purchase_weight : an interaction's weight (a purchase adds its weight).
     seed : initial factors; training is deterministic given it.
+    threads : 0 (the default) uses every core. Each half-step solves users (or items)
+        independently, so the factors are the same whatever the number of threads.
     """
 
     name = "als"
 
     def __init__(self, factors: int = 32, regularization: float = 0.01, iterations: int = 15,
                  alpha: float = 10.0, visit_weight: float = 1.0, purchase_weight: float = 3.0,
-                 seed: int = 42):
+                 seed: int = 42, threads: int = 0):
         super().__init__(factors, regularization, iterations, visit_weight, purchase_weight, seed)
         self.alpha = alpha
+        self.threads = threads
 
     def _model(self):
         from implicit.cpu.als import AlternatingLeastSquares
 
         return AlternatingLeastSquares(factors=self.factors, regularization=self.regularization,
                                        alpha=self.alpha, iterations=self.iterations,
-                                       random_state=self.seed, num_threads=1)
+                                       random_state=self.seed, num_threads=self.threads)
 
     def fit(self, context) -> ALS:
         super().fit(context)

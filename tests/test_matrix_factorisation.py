@@ -102,3 +102,8 @@ def test_same_seed_same_scores(context, model):
     first = scores(7)
     np.testing.assert_array_equal(first, scores(7))
     assert not np.array_equal(first, scores(8))
+
+
+def test_als_factors_do_not_depend_on_the_number_of_threads(context):
+    one, two = ALS(factors=4, threads=1).fit(context), ALS(factors=4, threads=2).fit(context)
+    np.testing.assert_array_equal(np.asarray(one.model_.item_factors), np.asarray(two.model_.item_factors))

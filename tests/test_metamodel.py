@@ -136,6 +136,26 @@ def test_rank_top_k_skips_what_was_bought():
     assert ranked[ranked.user_id == "b"].sale_id.tolist() == ["s14", "s13", "s12"]
 
 
+def test_meta_model_top_k_is_the_top_k_of_its_probabilities():
+    """RankTopK ranks by log-odds and computes probabilities for the chosen only: the same
+    list and numbers as ranking every pair's probability."""
+    model = MetaModel(["useful", "noise"]).fit(synthetic_examples())
+    rng = np.random.default_rng(5)
+    n, open_idx = 40, np.arange(30)
+    scores = {"useful": rng.exponential(2.0, (n, 30)), "noise": rng.exponential(2.0, (n, 30))}
+    history = UserHistory.from_lists([np.array([3, 7])] * n, [np.array([True, False])] * n, 30)
+    users = pd.DataFrame({"user_id": [f"u{i}" for i in range(n)]})
+    ranked = RankTopK(model, k=5, strategies=("metamodel",))(
+        Block(users, history, scores, open_idx, np.array([f"s{i:02d}" for i in open_idx])))
+    probability = model.score_blocks(scores)
+    probability[:, 3] = -np.inf  # bought
+    cols = top_k(probability, 5)
+    assert len(ranked) == n * 5 and "s03" not in set(ranked.sale_id)
+    np.testing.assert_array_equal(ranked.sale_id.to_numpy().reshape(n, 5), np.char.add("s", np.char.zfill(cols.astype(str), 2)))
+    np.testing.assert_allclose(ranked.score.to_numpy().reshape(n, 5), np.take_along_axis(probability, cols, axis=1),
+                               rtol=1e-15)
+
+
 def test_ranking_metrics_by_hand():
     recommended = pd.DataFrame({
         "strategy": ["m"] * 4, "user_id": ["a", "a", "b", "b"], "rank": [1, 2, 1, 2],
