@@ -23,7 +23,8 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
     Raises
     ------
     ConfigError
-        When the file is missing or not YAML, or names a key the defaults do not have.
+        When the file is missing or not YAML, names a key the defaults do not have, or sets
+        ``metamodel.rank_depth`` to anything but null or a positive whole number.
     """
     config = default_config()
     if path is not None:
@@ -39,6 +40,10 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
         config = _merge(config, user, source=str(path))
     if overrides:
         config = _merge(config, overrides, source="overrides")
+    depth = config["metamodel"]["rank_depth"]
+    if depth is not None and (isinstance(depth, bool) or not isinstance(depth, int) or depth < 1):
+        raise ConfigError(f"{path or 'configuration'}: metamodel.rank_depth must be null or a "
+                          f"whole number of at least 1, got {depth!r}")
     return config
 
 

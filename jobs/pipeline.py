@@ -343,10 +343,11 @@ def fit_metamodel(tables, catalog, prototypes, as_of, config, cache: dict | None
     ranked = tuple(r.name for r in prototypes) if settings["ranks"] else ()
     examples = training_examples(tables, catalog, scorers, as_of, settings["train_days"],
                                  settings["negatives_per_purchase"], config["seed"],
-                                 config["spark"]["scoring_partitions"], cache, ranked)
+                                 config["spark"]["scoring_partitions"], cache, ranked,
+                                 settings["rank_depth"])
     model, metrics, report = train_metamodel(
         examples, feature_names(scorers, ranked), ranked, _candidates(settings["C"]),
-        _candidates(settings["negative_ratios"]), settings["validation_days"])
+        _candidates(settings["negative_ratios"]), settings["validation_days"], settings["rank_depth"])
     log.info("meta-model %s trained on %d examples: %s", model.version_, len(examples),
              ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
     return model, metrics, report

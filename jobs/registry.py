@@ -47,6 +47,8 @@ def feature_config_hash(config: dict) -> str:
     recommenders["bpr"].pop("threads", None)  # how fast BPR fits, not what its scores mean
     relevant = {"recommenders": recommenders, "signals": config["metamodel"]["signals"],
                 "ranks": config["metamodel"]["ranks"],
+                # only when set, so that models registered before the setting keep their hash
+                **({"rank_depth": depth} if (depth := config["metamodel"]["rank_depth"]) else {}),
                 "images": {k: config["image_labelling"][k] for k in ("enabled", "backbone", "themes")}}
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -124,22 +124,25 @@ def compact(block: np.ndarray) -> np.ndarray:
     return block
 
 
-def within_user_ranks(scores: np.ndarray) -> np.ndarray:
+def within_user_ranks(scores: np.ndarray, depth: int | None = None) -> np.ndarray:
     """The rank of every open sale within its user's row of finite ``scores``, as int32:
     1 = highest, and ties share the best rank (``scipy.stats.rankdata(-scores,
-    method="min", axis=1)``, exactly).
+    method="min", axis=1)``, exactly); with ``depth``, ranks beyond it are ``depth + 1``.
 
-    One argsort and one sort of values per row instead of rankdata's several passes; a
-    score that is the same for every user (popularity) is ranked once for the block, and
-    one that is the same for every sale ties everywhere.
+    One argsort and one sort of values per row instead of rankdata's several passes (with
+    ``depth``, a partition and a sort of the best ``depth`` only); a score that is the same
+    for every user (popularity) is ranked once for the block, and one that is the same for
+    every sale ties everywhere.
     """
     scores = np.asarray(scores, dtype=float)
     if scores.size == 0:
         return np.zeros(scores.shape, dtype=np.int32)
     repeated = compact(scores)
     if repeated.shape != scores.shape:
-        return np.broadcast_to(within_user_ranks(repeated), scores.shape)
+        return np.broadcast_to(within_user_ranks(repeated, depth), scores.shape)
     n, m = scores.shape
+    if depth is not None and depth < m:
+        return _ranks_to_depth(scores, depth)
     descending = np.negative(scores)
     order = np.argsort(descending, axis=1)
     descending.sort(axis=1)
@@ -155,8 +158,28 @@ def within_user_ranks(scores: np.ndarray) -> np.ndarray:
     return ranks
 
 
-def with_ranks(scores: dict[str, np.ndarray], ranked: tuple[str, ...]) -> dict[str, np.ndarray]:
+def _ranks_to_depth(scores: np.ndarray, depth: int) -> np.ndarray:
+    """:func:`within_user_ranks` capped at ``depth + 1`` (``1 <= depth < sales``)."""
+    n, m = scores.shape
+    descending = np.negative(scores)
+    best = np.argpartition(descending, depth - 1, axis=1)[:, :depth]  # every sale better than the depth-th
+    values = np.take_along_axis(descending, best, axis=1)
+    order = np.argsort(values, axis=1)
+    best, values = np.take_along_axis(best, order, axis=1), np.take_along_axis(values, order, axis=1)
+    starts = np.tile(np.arange(1, depth + 1, dtype=np.int32), (n, 1))
+    starts[:, 1:][values[:, 1:] == values[:, :-1]] = 0
+    np.maximum.accumulate(starts, axis=1, out=starts)
+    ranks = np.full((n, m), depth + 1, dtype=np.int32)
+    np.put_along_axis(ranks, best, starts, axis=1)
+    # sales tied with the depth-th share its rank, whether the partition chose them or not
+    boundary = descending == values[:, -1:]
+    ranks[boundary] = np.broadcast_to(starts[:, -1:], (n, m))[boundary]
+    return ranks
+
+
+def with_ranks(scores: dict[str, np.ndarray], ranked: tuple[str, ...],
+               depth: int | None = None) -> dict[str, np.ndarray]:
     """``scores`` plus, for each name in ``ranked``, the rank of every open sale within the
     user's row (see :func:`within_user_ranks`), as float."""
-    extra = {rank_name(n): within_user_ranks(scores[n]).astype(float) for n in ranked}
+    extra = {rank_name(n): within_user_ranks(scores[n], depth).astype(float) for n in ranked}
     return {**scores, **extra}

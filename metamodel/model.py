@@ -34,12 +34,17 @@ class MetaModel:
     ranked : tuple of str
         Scores whose within-user ranks are features (named ``rank_NAME`` in
         ``feature_names``), derived from a whole block in :meth:`score_blocks`.
+    rank_depth : int, optional
+        Ranks beyond it are ``rank_depth + 1`` (cheaper to compute); None: exact ranks. It
+        must be what the training examples were built with.
     """
 
-    def __init__(self, feature_names: list[str], C: float = 1.0, ranked: tuple[str, ...] = ()):
+    def __init__(self, feature_names: list[str], C: float = 1.0, ranked: tuple[str, ...] = (),
+                 rank_depth: int | None = None):
         self.feature_names = list(feature_names)
         self.C = C
         self.ranked = tuple(ranked)
+        self.rank_depth = rank_depth
 
     def fit(self, examples: pd.DataFrame) -> MetaModel:
         """Fit on ``examples`` with the feature columns and a 0/1 ``label`` column."""
@@ -89,10 +94,11 @@ class MetaModel:
         z = np.full(shape, regression.intercept_[0] - float(weights @ scaler.mean_))
         term = np.empty(shape)
         ranked = {rank_name(name): name for name in self.ranked}
+        depth = getattr(self, "rank_depth", None)  # models registered before it existed: exact
         for name, weight in zip(self.feature_names, weights):
             if name in ranked:  # ranks are 1..sales
                 table = weight * np.log1p(np.arange(shape[1] + 1, dtype=float))
-                z += np.take(table, within_user_ranks(scores[ranked[name]]), out=term)
+                z += np.take(table, within_user_ranks(scores[ranked[name]], depth), out=term)
                 continue
             x = compact(np.asarray(scores[name], dtype=float))
             out = term if x.shape == shape else None

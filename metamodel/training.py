@@ -34,17 +34,18 @@ class SampleExamples:
     ``draw`` is the order in which a negative was drawn (0 for positives): keeping the
     negatives with ``draw < r * positives`` is a random sample at ratio ``r``.  ``ranked``
     names the scores whose within-user ranks are features, computed over every open sale
-    before sampling.
+    before sampling (capped at ``rank_depth + 1`` when it is given).
     """
 
     day: dt.date
     negatives_per_purchase: int
     seed: int
     ranked: tuple[str, ...] = ()
+    rank_depth: int | None = None
 
     def __call__(self, block: Block) -> pd.DataFrame:
         already_bought = block.history.bought[:, block.open_idx].toarray() > 0
-        scores = with_ranks(block.scores, self.ranked)
+        scores = with_ranks(block.scores, self.ranked, self.rank_depth)
         parts = []
         for row, (user, positives) in enumerate(zip(block.users["user_id"], block.users["positives"])):
             pos_cols = np.searchsorted(block.open_idx, np.sort(positives))
@@ -78,7 +79,7 @@ def examples_schema(scorers: list[Recommender], ranked: tuple[str, ...] = ()) ->
 
 def day_examples(tables: Tables, catalog: Catalog, scorers: list[Recommender], day: dt.date,
                  negatives_per_purchase: int, seed: int, partitions: int,
-                 ranked: tuple[str, ...] = ()) -> pd.DataFrame:
+                 ranked: tuple[str, ...] = (), rank_depth: int | None = None) -> pd.DataFrame:
     """The labelled examples of one day: its purchases of open sales and sampled negatives,
     scored with recommenders and signals fitted on what was known at the start of ``day``."""
     context = ScoringContext.build(tables, catalog, day)
@@ -88,14 +89,14 @@ def day_examples(tables: Tables, catalog: Catalog, scorers: list[Recommender], d
     buyers = (purchases_on(tables, catalog, day)
               .groupBy("user_id").agg(F.array_sort(F.collect_set("sale_idx")).alias("positives")))
     fitted = fit_all(scorers, context)
-    return score_users(context, fitted, buyers, SampleExamples(day, negatives_per_purchase, seed, ranked),
-                       examples_schema(scorers, ranked), partitions).toPandas()
+    emit = SampleExamples(day, negatives_per_purchase, seed, ranked, rank_depth)
+    return score_users(context, fitted, buyers, emit, examples_schema(scorers, ranked), partitions).toPandas()
 
 
 def training_examples(tables: Tables, catalog: Catalog, scorers: list[Recommender],
                       as_of: dt.date, train_days: int, negatives_per_purchase: int, seed: int,
                       partitions: int, cache: dict | None = None,
-                      ranked: tuple[str, ...] = ()) -> pd.DataFrame:
+                      ranked: tuple[str, ...] = (), rank_depth: int | None = None) -> pd.DataFrame:
     """Labelled examples for the ``train_days`` days before ``as_of``, features point-in-time.
 
     A day's examples do not depend on ``as_of``: a backtest passes the same ``cache`` dict
@@ -107,7 +108,7 @@ def training_examples(tables: Tables, catalog: Catalog, scorers: list[Recommende
         day = as_of - dt.timedelta(days=offset)
         if day not in cache:
             cache[day] = day_examples(tables, catalog, scorers, day, negatives_per_purchase,
-                                      seed, partitions, ranked)
+                                      seed, partitions, ranked, rank_depth)
         frames.append(cache[day])
     filled = [f for f in frames if len(f)]
     examples = pd.concat(filled, ignore_index=True) if filled else pd.DataFrame(columns=["label"])
@@ -138,7 +139,7 @@ def reliability(probability: np.ndarray, labels: np.ndarray, bins: int = 10) -> 
 
 def train_metamodel(examples: pd.DataFrame, features: list[str], ranked: tuple[str, ...] = (),
                     C: tuple[float, ...] = (1.0,), negative_ratios: tuple[int, ...] = (5,),
-                    validation_days: int = 1) -> tuple[MetaModel, dict, dict]:
+                    validation_days: int = 1, rank_depth: int | None = None) -> tuple[MetaModel, dict, dict]:
     """Choose ``C`` and the negatives ratio on a validation period, then fit on every day.
 
     The last ``validation_days`` days are the validation period: each candidate is fitted
@@ -159,17 +160,17 @@ def train_metamodel(examples: pd.DataFrame, features: list[str], ranked: tuple[s
         for ratio in sorted(negative_ratios):
             sample = subsample_negatives(earlier, ratio)
             for c in sorted(C):
-                result = MetaModel(features, c, ranked).fit(sample).evaluate(validation)
+                result = MetaModel(features, c, ranked, rank_depth).fit(sample).evaluate(validation)
                 grid.append({"C": c, "negative_ratio": ratio, **result})
         best = max(grid, key=lambda r: (round(r["auc"], 6), -r["C"], -r["negative_ratio"]))
         choice = (best["C"], best["negative_ratio"])
         metrics.update({"validation_auc": best["auc"], "validation_log_loss": best["log_loss"]})
-        chosen = MetaModel(features, choice[0], ranked).fit(subsample_negatives(earlier, choice[1]))
+        chosen = MetaModel(features, choice[0], ranked, rank_depth).fit(subsample_negatives(earlier, choice[1]))
         report["reliability"] = reliability(
             chosen.predict_proba(validation[chosen.feature_names].to_numpy(dtype=float)),
             validation["label"].to_numpy())
     report["grid"] = grid
     metrics.update({"chosen_C": float(choice[0]), "chosen_negative_ratio": float(choice[1])})
-    model = MetaModel(features, choice[0], ranked).fit(subsample_negatives(examples, choice[1]))
+    model = MetaModel(features, choice[0], ranked, rank_depth).fit(subsample_negatives(examples, choice[1]))
     metrics.update({f"train_{k}": v for k, v in model.evaluate(examples).items()})
     return model, metrics, report

@@ -49,3 +49,12 @@ def test_the_registered_models_feature_settings_ignore_how_fast_bpr_fits():
     other_factors = load_config(overrides={"recommenders": {"bpr": {"factors": 16}}})
     assert feature_config_hash(base) == feature_config_hash(threaded) != feature_config_hash(other_factors)
     assert base["recommenders"]["bpr"]["threads"] == 1  # the hash did not touch the config
+
+
+@pytest.mark.parametrize("depth", [0, -3, 2.5, "100", True])
+def test_rank_depth_must_be_a_positive_whole_number(tmp_path, depth):
+    path = tmp_path / "conf.yaml"
+    path.write_text(f"metamodel:\n  rank_depth: {depth!r}\n".replace("'", '"'))
+    with pytest.raises(ConfigError, match="rank_depth"):
+        load_config(path)
+    assert load_config(overrides={"metamodel": {"rank_depth": 100}})["metamodel"]["rank_depth"] == 100

@@ -66,11 +66,35 @@ def test_within_user_ranks_equal_rankdata(shape):
     np.testing.assert_array_equal(ranks, rankdata(-scores, method="min", axis=1))
 
 
+@pytest.mark.parametrize("depth", [1, 3, 10, 299])
+def test_ranks_to_a_depth_are_exact_up_to_it(depth):
+    """Ranks within the best ``depth`` are exact, ties at the boundary included (whether or
+    not the partition picked them); the rest are ``depth + 1``."""
+    from scipy.stats import rankdata
+
+    rng = np.random.default_rng(depth)
+    scores = rng.integers(-3, 4, (40, 300)) * rng.choice([0.5, 1.0], (40, 300))
+    scores[:, ::2] += rng.standard_normal((40, 150))
+    expected = np.minimum(rankdata(-scores, method="min", axis=1), depth + 1)
+    np.testing.assert_array_equal(within_user_ranks(scores, depth), expected)
+
+
 def test_within_user_ranks_of_a_user_independent_score_and_of_nothing():
     popularity = np.tile([3.0, 7.0, 3.0, 0.0, 9.0], (4, 1))
     np.testing.assert_array_equal(within_user_ranks(popularity), np.tile([3, 2, 3, 5, 1], (4, 1)))
     assert within_user_ranks(np.zeros((0, 5))).shape == (0, 5)
     assert within_user_ranks(np.zeros((3, 0))).shape == (3, 0)
+
+
+def test_block_scoring_with_ranks_to_a_depth_uses_the_models_depth():
+    model = MetaModel(["useful", "noise", "rank_useful"], ranked=("useful",), rank_depth=5).fit(
+        synthetic_examples().assign(rank_useful=lambda f: f.useful.rank(ascending=False).clip(upper=6)))
+    rng = np.random.default_rng(3)
+    blocks = {"useful": rng.exponential(2.0, (50, 30)), "noise": rng.exponential(2.0, (50, 30))}
+    ranks = pd.DataFrame(-blocks["useful"]).rank(axis=1, method="min").clip(upper=6).to_numpy()
+    stacked = np.stack([blocks["useful"], blocks["noise"], ranks], axis=-1).reshape(-1, 3)
+    np.testing.assert_allclose(model.score_blocks(blocks), model.predict_proba(stacked).reshape(50, 30),
+                               rtol=1e-12, atol=1e-15)
 
 
 def test_model_version_is_a_content_hash():
