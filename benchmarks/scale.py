@@ -1,7 +1,7 @@
 """The nightly run at scale, against the hardware floor and against peers, on the same data.
 
     python benchmarks/scale.py --users 100000 [--open-sales 1000] [--out /tmp/salerank-scale]
-        [--peers floor,implicit,spark_als]
+        [--peers floor,implicit,spark_als] [--rank-depth N]
 
 1. ``synthetic.py`` writes USERS users, ~OPEN_SALES sales open on the run date, four weeks of
    visits and purchases (Parquet, in the data contract; photos off).
@@ -166,6 +166,7 @@ def main() -> None:
     parser.add_argument("--out", default="/tmp/salerank-scale")
     parser.add_argument("--peers", default="floor,implicit,spark_als")
     parser.add_argument("--partitions", type=int, default=8, help="spark.scoring_partitions")
+    parser.add_argument("--rank-depth", type=int, default=None, help="metamodel.rank_depth (default: exact ranks)")
     args = parser.parse_args()
 
     from salerank.conf import load_config
@@ -175,6 +176,7 @@ def main() -> None:
     import mlflow
 
     out = Path(args.out) / f"{args.users}"
+    nights = out / ("nights" if args.rank_depth is None else f"nights-depth{args.rank_depth}")
     data = out / "data"
     if not (data / "sizes.json").exists():
         sizes, seconds = timed(generate, args.users, args.open_sales, data)
@@ -182,13 +184,12 @@ def main() -> None:
     sizes = json.loads((data / "sizes.json").read_text())
     run_date = dt.date.fromisoformat(sizes["run_date"])
     config = load_config(overrides={
-        "image_labelling": {"enabled": False}, "metamodel": {"train_days": 3, "validation_days": 1},
+        "image_labelling": {"enabled": False}, "metamodel": {"train_days": 3, "validation_days": 1, "rank_depth": args.rank_depth},
         "spark": {"scoring_partitions": args.partitions, "driver_memory": "8g"},
         "experiments": [{"name": "meta-vs-pop", "salt": "scale", "start": str(run_date), "end": str(run_date),
                          "variants": [{"name": "control", "strategy": "popularity", "weight": 1},
                                       {"name": "treatment", "strategy": "metamodel", "weight": 1}]}]})
     spark = get_spark(config)
-    nights = out / "nights"
     # training only provides the registered model the night scores with; it is not what is
     # measured, so its BPR may use every core (the night's keeps the default: one thread)
     training_config = copy.deepcopy(config)
