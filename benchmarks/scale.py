@@ -166,7 +166,8 @@ def main() -> None:
     parser.add_argument("--out", default="/tmp/salerank-scale")
     parser.add_argument("--peers", default="floor,implicit,spark_als")
     parser.add_argument("--partitions", type=int, default=8, help="spark.scoring_partitions")
-    parser.add_argument("--rank-depth", type=int, default=None, help="metamodel.rank_depth (default: exact ranks)")
+    parser.add_argument("--rank-depth", type=int, default=None,
+                        help="metamodel.rank_depth (default: the configuration's; 0: exact ranks)")
     args = parser.parse_args()
 
     from salerank.conf import load_config
@@ -176,7 +177,7 @@ def main() -> None:
     import mlflow
 
     out = Path(args.out) / f"{args.users}"
-    nights = out / ("nights" if args.rank_depth is None else f"nights-depth{args.rank_depth}")
+    nights = out / ("nights" if args.rank_depth is None else f"nights-depth{args.rank_depth}")  # 0: exact
     data = out / "data"
     if not (data / "sizes.json").exists():
         sizes, seconds = timed(generate, args.users, args.open_sales, data)
@@ -184,7 +185,8 @@ def main() -> None:
     sizes = json.loads((data / "sizes.json").read_text())
     run_date = dt.date.fromisoformat(sizes["run_date"])
     config = load_config(overrides={
-        "image_labelling": {"enabled": False}, "metamodel": {"train_days": 3, "validation_days": 1, "rank_depth": args.rank_depth},
+        "image_labelling": {"enabled": False}, "metamodel": {"train_days": 3, "validation_days": 1,
+                      **({} if args.rank_depth is None else {"rank_depth": args.rank_depth or None})},
         "spark": {"scoring_partitions": args.partitions, "driver_memory": "8g"},
         "experiments": [{"name": "meta-vs-pop", "salt": "scale", "start": str(run_date), "end": str(run_date),
                          "variants": [{"name": "control", "strategy": "popularity", "weight": 1},
