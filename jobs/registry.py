@@ -2,7 +2,7 @@
 scores with the version that carries an alias (``registry.alias``, e.g. ``champion``).
 
 A version records what it needs at scoring time as model metadata: its feature names, the
-scores it ranks within the user, and a hash of the configuration sections that shape those
+scores it ranks within the user and to what depth, and a hash of the configuration sections that shape those
 features, so that a night whose configuration would feed it different features stops with a
 clear message instead of scoring nonsense.
 """
@@ -61,7 +61,8 @@ def register_metamodel(model: MetaModel, config: dict, alias: str | None = None)
         model.pipeline_, name="metamodel", registered_model_name=name,
         pip_requirements=["scikit-learn", "numpy", "salerank"], skops_trusted_types=TRUSTED_TYPES,
         metadata={"feature_names": model.feature_names, "ranked": list(model.ranked), "C": model.C,
-                  "content_version": model.version_, "feature_config": feature_config_hash(config)})
+                  "rank_depth": model.rank_depth, "content_version": model.version_,
+                  "feature_config": feature_config_hash(config)})
     version = str(info.registered_model_version)
     if alias:
         MlflowClient().set_registered_model_alias(name, alias, version)
@@ -100,7 +101,9 @@ def load_metamodel(config: dict, needed_features: list[str]) -> RegisteredModel:
     if metadata.get("feature_config") != feature_config_hash(config):
         log.warning("%s (version %s) was trained with different recommender or signal settings "
                     "than this configuration: its weights may not fit these scores", uri, version.version)
-    model = MetaModel(features, metadata.get("C", 1.0), tuple(metadata.get("ranked", ())))
+    # a version registered before rank_depth existed was trained on exact ranks (None)
+    model = MetaModel(features, metadata.get("C", 1.0), tuple(metadata.get("ranked", ())),
+                      metadata.get("rank_depth"))
     model.pipeline_ = mlflow.sklearn.load_model(uri)
     log.info("scoring with %s version %s (run %s)", name, version.version, version.run_id)
     return RegisteredModel(model, name, str(version.version), version.run_id)
