@@ -146,16 +146,22 @@ def within_user_ranks(scores: np.ndarray, depth: int | None = None) -> np.ndarra
     descending = np.negative(scores)
     order = np.argsort(descending, axis=1)
     descending.sort(axis=1)
-    # a tie group's rank is the position of its first member in the sorted row
+    ranks = np.empty((n, m), dtype=np.int32)
+    ranks.ravel()[(order + np.arange(0, n * m, m)[:, None]).ravel()] = _tie_ranks(descending).ravel()
+    return ranks
+
+
+def _tie_ranks(ascending: np.ndarray) -> np.ndarray:
+    """The "min" rank (1-based) of each position of rows sorted in ascending order: a tie
+    group's rank is the position of its first member."""
+    n, m = ascending.shape
     starts = np.tile(np.arange(1, m + 1, dtype=np.int32), (n, 1))
-    tied = descending[:, 1:] == descending[:, :-1]
+    tied = ascending[:, 1:] == ascending[:, :-1]
     rows = np.flatnonzero(tied.any(axis=1))  # continuous scores (ALS, BPR) rarely tie
     if len(rows):
         starts[:, 1:][tied] = 0
         starts[rows] = np.maximum.accumulate(starts[rows], axis=1)
-    ranks = np.empty((n, m), dtype=np.int32)
-    ranks.ravel()[(order + np.arange(0, n * m, m)[:, None]).ravel()] = starts.ravel()
-    return ranks
+    return starts
 
 
 def _ranks_to_depth(scores: np.ndarray, depth: int) -> np.ndarray:
@@ -166,9 +172,7 @@ def _ranks_to_depth(scores: np.ndarray, depth: int) -> np.ndarray:
     values = np.take_along_axis(descending, best, axis=1)
     order = np.argsort(values, axis=1)
     best, values = np.take_along_axis(best, order, axis=1), np.take_along_axis(values, order, axis=1)
-    starts = np.tile(np.arange(1, depth + 1, dtype=np.int32), (n, 1))
-    starts[:, 1:][values[:, 1:] == values[:, :-1]] = 0
-    np.maximum.accumulate(starts, axis=1, out=starts)
+    starts = _tie_ranks(values)
     ranks = np.full((n, m), depth + 1, dtype=np.int32)
     np.put_along_axis(ranks, best, starts, axis=1)
     # sales tied with the depth-th share its rank, whether the partition chose them or not

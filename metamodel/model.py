@@ -94,11 +94,10 @@ class MetaModel:
         z = np.full(shape, regression.intercept_[0] - float(weights @ scaler.mean_))
         term = np.empty(shape)
         ranked = {rank_name(name): name for name in self.ranked}
-        depth = getattr(self, "rank_depth", None)  # models registered before it existed: exact
         for name, weight in zip(self.feature_names, weights):
             if name in ranked:  # ranks are 1..sales
                 table = weight * np.log1p(np.arange(shape[1] + 1, dtype=float))
-                z += np.take(table, within_user_ranks(scores[ranked[name]], depth), out=term)
+                z += np.take(table, within_user_ranks(scores[ranked[name]], self.rank_depth), out=term)
                 continue
             x = compact(np.asarray(scores[name], dtype=float))
             out = term if x.shape == shape else None
