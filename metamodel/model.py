@@ -70,6 +70,8 @@ class MetaModel:
         scaler = self.pipeline_[1]
         parts = [self.feature_names, scaler.mean_.round(12).tolist(), scaler.scale_.round(12).tolist(),
                  [round(v, 12) for v in self.coefficients_.values()]]
+        if self.rank_depth is not None:  # absent when None, so exact-rank versions keep theirs
+            parts.append(self.rank_depth)
         return "metamodel-" + hashlib.sha256(repr(parts).encode()).hexdigest()[:12]
 
     def predict_proba(self, features: np.ndarray) -> np.ndarray:

@@ -102,6 +102,8 @@ def test_model_version_is_a_content_hash():
     b = MetaModel(["useful", "noise"]).fit(synthetic_examples())
     c = MetaModel(["useful", "noise"], C=0.001).fit(synthetic_examples())
     assert a.version_ == b.version_ != c.version_
+    capped = MetaModel(["useful", "noise"], rank_depth=5).fit(synthetic_examples())
+    assert capped.version_ != a.version_  # same weights, different rank features
 
 
 def test_metamodel_refuses_a_single_class():
