@@ -23,6 +23,8 @@ from .base import Recommender, UserHistory
 class _ImplicitMF(Recommender):
     """What ALS and BPR share: training data, and scoring against the open sales."""
 
+    folds_users_in: bool  # True: users' factors are solved when scored; False: kept and joined
+
     def __init__(self, factors: int = 32, regularization: float = 0.01, iterations: int = 15,
                  visit_weight: float = 1.0, purchase_weight: float = 3.0, seed: int = 42):
         self.factors = factors
@@ -50,7 +52,11 @@ class _ImplicitMF(Recommender):
             with threadpool_limits(1, "blas"):  # implicit's own threads; BLAS threads only contend
                 self.model_ = self._model()
                 self.model_.fit(matrix, show_progress=False)
-            self.user_ids_ = users.to_numpy()
+            # per-user factors never travel with the broadcast model
+            user_factors = np.asarray(self.model_.user_factors)
+            self.model_.user_factors = user_factors[:0].copy()
+            if not self.folds_users_in:
+                self.user_ids_, self.user_factors_ = users.to_numpy(), user_factors
         self.open_idx_ = context.open_idx
         return self
 
@@ -78,6 +84,7 @@ class ALS(_ImplicitMF):
     """
 
     name = "als"
+    folds_users_in = True
 
     def __init__(self, factors: int = 32, regularization: float = 0.01, iterations: int = 15,
                  alpha: float = 10.0, visit_weight: float = 1.0, purchase_weight: float = 3.0,
@@ -92,13 +99,6 @@ class ALS(_ImplicitMF):
         return AlternatingLeastSquares(factors=self.factors, regularization=self.regularization,
                                        alpha=self.alpha, iterations=self.iterations,
                                        random_state=self.seed, num_threads=self.threads)
-
-    def fit(self, context) -> ALS:
-        super().fit(context)
-        if self.model_ is not None:  # users are folded in when scored: broadcast the item side only
-            self.model_.user_factors = self.model_.user_factors[:0].copy()
-            del self.user_ids_
-        return self
 
     def _user_factors(self, history: UserHistory) -> np.ndarray:
         weights = history.weighted(self.visit_weight, self.purchase_weight).astype(np.float32)
@@ -119,6 +119,7 @@ class BPR(_ImplicitMF):
     """
 
     name = "bpr"
+    folds_users_in = False
 
     def __init__(self, factors: int = 32, learning_rate: float = 0.05, regularization: float = 0.01,
                  iterations: int = 100, visit_weight: float = 1.0, purchase_weight: float = 3.0,
@@ -134,13 +135,6 @@ class BPR(_ImplicitMF):
                                            regularization=self.regularization,
                                            iterations=self.iterations, random_state=self.seed,
                                            num_threads=self.threads)
-
-    def fit(self, context) -> BPR:
-        super().fit(context)
-        if self.model_ is not None:
-            self.user_factors_ = np.asarray(self.model_.user_factors)
-            self.model_.user_factors = self.user_factors_[:0].copy()
-        return self
 
     def user_state(self) -> tuple[np.ndarray, np.ndarray] | None:
         return None if self.model_ is None else (self.user_ids_, self.user_factors_)
