@@ -11,7 +11,7 @@ from sklearn.metrics import log_loss, roc_auc_score
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
-from .features import compact, rank_name, within_user_ranks
+from .features import add_rank_lookup, compact, rank_name
 
 
 def signed_log1p(x: np.ndarray) -> np.ndarray:
@@ -87,8 +87,8 @@ class MetaModel:
 
         The pipeline's algebra (signed ``log1p``, standardise, linear) is applied feature by
         feature into one buffer instead of stacking a ``users x sales x features`` copy, and
-        a rank's ``log1p`` is looked up in a table: the same numbers as
-        :meth:`predict_proba`, in a few passes over the block.
+        a rank's ``log1p`` is looked up in a table, for the best ``rank_depth`` of each row
+        only: the same numbers as :meth:`predict_proba`, in a few passes over the block.
         """
         _, scaler, regression = self.pipeline_.named_steps.values()
         weights = regression.coef_[0] / scaler.scale_
@@ -99,7 +99,7 @@ class MetaModel:
         for name, weight in zip(self.feature_names, weights):
             if name in ranked:  # ranks are 1..sales
                 table = weight * np.log1p(np.arange(shape[1] + 1, dtype=float))
-                z += np.take(table, within_user_ranks(scores[ranked[name]], self.rank_depth), out=term)
+                add_rank_lookup(z, scores[ranked[name]], table, self.rank_depth)
                 continue
             x = compact(np.asarray(scores[name], dtype=float))
             out = term if x.shape == shape else None

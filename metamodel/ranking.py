@@ -5,9 +5,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 from scipy.special import expit
 
 from ..recommenders.scoring import Block
+from .features import along_rows, compact
 from .model import MetaModel
 
 METAMODEL = "metamodel"
@@ -18,23 +20,43 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     """Columns of the ``k`` highest scores of each row, best first; ties go to the lower
     column (the lower sale_id), so the ranking is reproducible.
 
-    The same result as a stable full argsort, without sorting whole rows: a partition finds
-    each row's k-th highest score, the ties at that boundary are settled by column, and only
-    the k chosen are sorted. NaN counts as -inf.
+    The same result as a stable full argsort, without sorting whole rows: a partition puts
+    each row's best ``k`` first and the next best just after, and only the ``k`` are sorted.
+    Rows where the next best ties with the ``k``-th (the tie decides which columns are
+    chosen) are settled by column. NaN counts as -inf.
     """
     n, m = scores.shape
     k = min(k, m)
     if k == 0:
         return np.zeros((n, 0), dtype=np.int64)
-    scores = np.where(np.isnan(scores), -np.inf, scores)
-    kth = -np.partition(-scores, k - 1, axis=1)[:, k - 1:k]
-    above = scores > kth
-    tied = scores == kth
+    descending = np.negative(scores)
+    if np.isnan(descending).any():
+        descending[np.isnan(descending)] = np.inf
+    if k == m:
+        return np.argsort(descending, axis=1, kind="stable")
+    part = np.argpartition(descending, k, axis=1)
+    cols = np.sort(part[:, :k], axis=1)
+    flat = descending.reshape(-1)
+    values = flat[along_rows(descending, cols)]
+    cols = cols.reshape(-1)[along_rows(cols, np.argsort(values, axis=1, kind="stable"))]
+    tied = np.flatnonzero(flat[along_rows(descending, part[:, k:k + 1])][:, 0] == values.max(axis=1))
+    if len(tied):
+        cols[tied] = _top_k_of_tied_rows(descending[tied], k)
+    return cols
+
+
+def _top_k_of_tied_rows(descending: np.ndarray, k: int) -> np.ndarray:
+    """:func:`top_k` of rows whose ``k``-th best ties with sales beyond it: of the tied,
+    the lowest columns are chosen."""
+    n, m = descending.shape
+    kth = np.partition(descending, k - 1, axis=1)[:, k - 1:k]
+    above = descending < kth
+    tied = descending == kth
     room = k - above.sum(axis=1, keepdims=True)
     chosen = above | (tied & (np.cumsum(tied, axis=1) <= room))
     cols = np.nonzero(chosen)[1].reshape(n, k)  # k per row, in column order
-    best = np.take_along_axis(scores, cols, axis=1)
-    return np.take_along_axis(cols, np.argsort(-best, axis=1, kind="stable"), axis=1)
+    best = np.take_along_axis(descending, cols, axis=1)
+    return np.take_along_axis(cols, np.argsort(best, axis=1, kind="stable"), axis=1)
 
 
 @dataclass(frozen=True)
@@ -47,15 +69,20 @@ class RankTopK:
     strategies: tuple[str, ...]
 
     def __call__(self, block: Block) -> pd.DataFrame:
-        already_bought = block.history.bought[:, block.open_idx].toarray() > 0
+        bought = block.history.bought[:, block.open_idx].tocsr()
+        bought.eliminate_zeros()
         parts = []
         for strategy in self.strategies:
             # the meta-model ranks by log-odds: its probability is computed for the top k only
             scores = (self.model.logit_blocks(block.scores) if strategy == METAMODEL
-                      else np.array(block.scores[strategy], dtype=float))
-            scores[already_bought] = -np.inf
-            cols = top_k(scores, self.k)
-            best = np.take_along_axis(scores, cols, axis=1)
+                      else compact(np.asarray(block.scores[strategy], dtype=float)))
+            if scores.shape[0] == 1 < bought.shape[0]:  # the same for every user (popularity)
+                cols, best = _top_k_of_shared_row(scores[0], bought, self.k)
+            else:
+                scores = np.array(np.broadcast_to(scores, bought.shape))
+                scores[bought.nonzero()] = -np.inf
+                cols = top_k(scores, self.k)
+                best = scores.reshape(-1)[along_rows(scores, cols)]
             rows, ranks = np.nonzero(np.isfinite(best))
             best = best[rows, ranks]
             parts.append(pd.DataFrame({
@@ -66,3 +93,16 @@ class RankTopK:
                 "score": expit(best) if strategy == METAMODEL else best,
             }))
         return pd.concat(parts, ignore_index=True)
+
+
+def _top_k_of_shared_row(row: np.ndarray, bought: sp.csr_matrix, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`top_k` of a block whose users all have the scores ``row``, except that what
+    a user bought is -inf: the row is ranked once, and each user skips what they bought
+    among its first ``k`` + (most bought by a user) sales. Returns the columns and scores."""
+    most_bought = int(np.diff(bought.indptr).max(initial=0))
+    order = top_k(row[None, :], k + most_bought)[0]
+    skipped = bought[:, order].toarray() > 0
+    keep = np.argsort(skipped, axis=1, kind="stable")[:, :k]  # the first k not bought
+    cols = order[keep]
+    best = np.where(np.take_along_axis(skipped, keep, axis=1), -np.inf, row[cols])
+    return cols, best

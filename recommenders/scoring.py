@@ -7,6 +7,7 @@ is the ``emit`` function's business, so training and nightly scoring share this 
 """
 from __future__ import annotations
 
+import ctypes
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterator
@@ -73,6 +74,7 @@ def score_users(context: ScoringContext, recommenders: list[Recommender], users:
     })
 
     def score_partition(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        _keep_freed_memory()
         state = shared.value
         block_users = max(1, block_cells // max(1, len(state["open_idx"])))
         for arrow_batch in batches:
@@ -122,6 +124,26 @@ def _stack(column: pd.Series, width: int) -> np.ndarray:
     if present.any():
         out[present] = np.stack(column[present].to_numpy())
     return out
+
+
+def _keep_freed_memory() -> None:
+    """Let this worker's allocator reuse the memory a block frees for the next block.
+
+    A block's arrays (20 MB each) are above glibc's threshold for mapping memory afresh, so
+    every one was returned to the system when freed and page-faulted in again: about 17,000
+    faults per block, a quarter of the meta-model's time. Raising the thresholds keeps them
+    in the heap; the worker's memory stays at its peak for one block, which bounds it anyway.
+    Other C libraries are left as they are.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(_M_MMAP_THRESHOLD, 256 << 20)
+        libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30)
+    except (OSError, AttributeError):
+        pass
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h
 
 
 def _lap(clock, start: float) -> float:

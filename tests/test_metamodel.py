@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from salerank.metamodel.evaluation import ranking_metrics
-from salerank.metamodel.features import within_user_ranks
+from salerank.metamodel.features import add_rank_lookup, within_user_ranks
 from salerank.metamodel.model import MetaModel
 from salerank.metamodel.ranking import RankTopK, top_k
 from salerank.metamodel.training import SampleExamples
@@ -77,6 +77,22 @@ def test_ranks_to_a_depth_are_exact_up_to_it(depth):
     scores[:, ::2] += rng.standard_normal((40, 150))
     expected = np.minimum(rankdata(-scores, method="min", axis=1), depth + 1)
     np.testing.assert_array_equal(within_user_ranks(scores, depth), expected)
+
+
+@pytest.mark.parametrize("depth", [None, 1, 3, 10, 299, 300])
+def test_rank_lookup_equals_looking_up_every_rank(depth):
+    """The meta-model adds a rank's table value without building the ranks beyond the
+    depth: the same sums as looking up every rank, with ties at the depth (sparse rows
+    with fewer than ``depth`` non-zeros) and a score that is the same for every user."""
+    rng = np.random.default_rng(7)
+    sparse = np.where(rng.random((40, 300)) < 0.97, 0.0, rng.exponential(1.0, (40, 300)))
+    sparse[:5] = np.round(rng.random((5, 300)), 1)  # ties inside the best and at the depth
+    for scores in (sparse, np.tile(sparse[0], (40, 1))):
+        table = rng.standard_normal(302)
+        base = rng.standard_normal(scores.shape)
+        expected = base + table[within_user_ranks(scores, depth)]
+        np.testing.assert_allclose(add_rank_lookup(base.copy(), scores, table, depth), expected,
+                                   rtol=1e-13, atol=1e-13)
 
 
 def test_within_user_ranks_of_a_user_independent_score_and_of_nothing():
@@ -160,6 +176,25 @@ def test_rank_top_k_skips_what_was_bought():
     a = ranked[ranked.user_id == "a"]
     assert a.sale_id.tolist() == ["s10", "s12", "s13"] and a["rank"].tolist() == [1, 2, 3]
     assert ranked[ranked.user_id == "b"].sale_id.tolist() == ["s14", "s13", "s12"]
+
+
+def test_a_score_shared_by_every_user_is_ranked_as_any_other():
+    """Popularity is ranked once per block; each user still skips what they bought, and
+    ties go to the lower sale as in :func:`top_k`."""
+    rng = np.random.default_rng(11)
+    n, m = 60, 40
+    popularity = rng.integers(0, 6, m).astype(float)
+    items = [rng.choice(m, rng.integers(0, 8), replace=False) for _ in range(n)]
+    flags = [rng.random(len(i)) < 0.7 for i in items]
+    history = UserHistory.from_lists(items, flags, m)
+    users = pd.DataFrame({"user_id": [f"u{i}" for i in range(n)]})
+    shared = Block(users, history, {"p": np.broadcast_to(popularity, (n, m))}, np.arange(m), np.arange(m).astype(str))
+    ranked = RankTopK(None, k=10, strategies=("p",))(shared)
+    scores = np.tile(popularity, (n, 1))
+    scores[history.bought.toarray() > 0] = -np.inf
+    cols = top_k(scores, 10)
+    expected = [c[np.isfinite(s[c])].astype(str).tolist() for c, s in zip(cols, scores)]
+    assert ranked.groupby("user_id", sort=False).sale_id.agg(list).reindex(users.user_id).tolist() == expected
 
 
 def test_meta_model_top_k_is_the_top_k_of_its_probabilities():
