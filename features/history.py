@@ -75,9 +75,11 @@ class ScoringContext:
                   .join(catalog.index, "sale_id").drop("sale_id"))
         return cls(as_of, catalog, catalog.open_on(as_of), events)
 
-    def interactions(self) -> DataFrame:
-        """One row per (user, sale) the user visited or bought: ``bought``, ``last_ts``."""
-        return self.events.groupBy("user_id", "sale_idx").agg(
+    def interactions(self, partitions: int | None = None) -> DataFrame:
+        """One row per (user, sale) the user visited or bought: ``bought``, ``last_ts``;
+        with ``partitions``, hash-partitioned by ``user_id`` into that many."""
+        events = self.events if partitions is None else self.events.repartition(partitions, "user_id")
+        return events.groupBy("user_id", "sale_idx").agg(
             F.max(F.col("bought").cast("int")).cast("boolean").alias("bought"),
             F.max("ts").alias("last_ts"))
 
@@ -90,15 +92,21 @@ class ScoringContext:
         """Users who visited or bought in the ``lookback_days`` days before ``as_of``."""
         return self.events_since(lookback_days).select("user_id").distinct()
 
-    def user_histories(self, users: DataFrame) -> DataFrame:
+    def user_histories(self, users: DataFrame, partitions: int | None = None) -> DataFrame:
         """``users`` (one row per user_id, any extra columns) with each user's history as
         three aligned arrays: ``items`` (sale indices), ``bought`` (flags) and ``age_days``
-        (days from the last interaction to the start of ``as_of``); empty if none."""
+        (days from the last interaction to the start of ``as_of``); empty if none.
+
+        With ``partitions``, hash-partitioned by ``user_id`` into that many: the events are
+        shuffled once, and both aggregations and the join keep that partitioning.
+        """
         start = F.lit(self.as_of).cast("timestamp")
         age = (F.unix_timestamp(start) - F.unix_timestamp("last_ts")) / 86400.0
-        grouped = (self.interactions().withColumn("age_days", age).groupBy("user_id").agg(
+        grouped = (self.interactions(partitions).withColumn("age_days", age).groupBy("user_id").agg(
             F.sort_array(F.collect_list(F.struct("sale_idx", "bought", "age_days"))).alias("history")))
         empty = {"sale_idx": "array<int>", "bought": "array<boolean>", "age_days": "array<double>"}
+        if partitions is not None:
+            users = users.repartition(partitions, "user_id")
         joined = users.join(grouped, "user_id", "left")
         for field, name in (("sale_idx", "items"), ("bought", "bought"), ("age_days", "age_days")):
             joined = joined.withColumn(name, F.coalesce(F.col(f"history.{field}"), F.array().cast(empty[field])))

@@ -207,12 +207,22 @@ def _type_table(raw: DataFrame, spec: TableSpec, file: str, errors: list[Problem
     return typed, rows, summary["digest"] or "0"
 
 
+_TEMPORAL = {"date", "timestamp", "timestamp_ntz"}
+_INTEGRAL = {"tinyint", "smallint", "int", "bigint"}
+
+
 def _parse(column, source_type: str, kind: str):
     target = SPARK_TYPES[kind]
     if source_type == target:
         return column
     if kind in ("id", "string"):
         return column.cast("string")
+    # typed sources (Parquet) convert directly, as their text would parse: not through a
+    # string on every later read of the table
+    if ((source_type in _TEMPORAL and target in _TEMPORAL)
+            or (source_type in _INTEGRAL and target in ("int", "double"))
+            or (source_type == "float" and target == "double")):
+        return column.try_cast(target)
     return F.trim(column.cast("string")).try_cast(target)
 
 

@@ -61,7 +61,7 @@ def score_users(context: ScoringContext, recommenders: list[Recommender], users:
     clocks = {step: spark.sparkContext.accumulator(0.0) for step in steps}
     if timers is not None:
         timers.update(clocks)
-    histories = context.user_histories(users)
+    histories = context.user_histories(users, partitions)
     widths = {}
     for r in recommenders:
         if (state := r.user_state()) is not None:
