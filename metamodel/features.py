@@ -117,6 +117,10 @@ def compact(block: np.ndarray) -> np.ndarray:
     the same for every user (popularity, days open) or for every sale (recency) is then
     transformed once per block instead of once per pair."""
     if block.ndim == 2 and block.size:
+        if block.strides[0] == 0:  # np.broadcast_to of a row: no need to compare
+            return block[:1]
+        if block.strides[1] == 0:
+            return block[:, :1]
         if (block[-1] == block[0]).all() and (block == block[:1]).all():
             return block[:1]
         if (block[:, -1] == block[:, 0]).all() and (block == block[:, :1]).all():

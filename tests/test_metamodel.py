@@ -34,10 +34,12 @@ def test_metamodel_learns_which_score_matters():
     assert probability.shape == (1, 2) and probability[0, 1] > probability[0, 0]
 
 
-@pytest.mark.parametrize("noise_repeats", ["nothing", "a row", "a column"])
+@pytest.mark.parametrize("noise_repeats", ["nothing", "a row", "a column", "a broadcast row",
+                                           "a broadcast column"])
 def test_block_scoring_gives_the_pipelines_probabilities(noise_repeats):
     """score_blocks applies the fitted pipeline feature by feature: the same numbers, also
-    when a score is the same for every user (a row) or for every sale (a column)."""
+    when a score is the same for every user (a row) or for every sale (a column), copied or
+    broadcast as the signals return them."""
     model = MetaModel(["useful", "noise", "rank_useful"], ranked=("useful",)).fit(
         synthetic_examples().assign(rank_useful=lambda f: f.useful.rank(ascending=False)))
     rng = np.random.default_rng(2)
@@ -47,6 +49,10 @@ def test_block_scoring_gives_the_pipelines_probabilities(noise_repeats):
         blocks["noise"][:] = blocks["noise"][0]
     elif noise_repeats == "a column":
         blocks["noise"][:] = blocks["noise"][:, :1]
+    elif noise_repeats == "a broadcast row":
+        blocks["noise"] = np.broadcast_to(blocks["noise"][0], (50, 30))
+    elif noise_repeats == "a broadcast column":
+        blocks["noise"] = np.broadcast_to(blocks["noise"][:, :1], (50, 30))
     ranks = pd.DataFrame(-blocks["useful"]).rank(axis=1, method="min").to_numpy()
     stacked = np.stack([blocks["useful"], blocks["noise"], ranks], axis=-1).reshape(-1, 3)
     expected = model.predict_proba(stacked).reshape(50, 30)
