@@ -173,8 +173,8 @@ def _ranks_to_depth(scores: np.ndarray, depth: int) -> np.ndarray:
     best = _BestToDepth(np.negative(scores), depth)
     ranks = np.full(scores.shape, depth + 1, dtype=np.int32)
     ranks.reshape(-1)[best.cells] = best.ranks
-    rows = best.spilled_rows
-    ranks[rows] = np.where(best.tied_with_last(rows), best.ranks[rows, -1:], ranks[rows])
+    if len(best.spilled_rows):  # in the other rows, every sale tied with the last is chosen
+        np.copyto(ranks, best.ranks[:, -1:], where=best.tied_with_last())
     return ranks
 
 
@@ -205,9 +205,9 @@ class _BestToDepth:
         beyond = flat[along_rows(descending, part[:, depth:depth + 1])][:, 0]
         self.spilled_rows = np.flatnonzero(beyond == self.values[:, -1])
 
-    def tied_with_last(self, rows: np.ndarray) -> np.ndarray:
-        """Which sales of ``rows`` tie with their row's ``depth``-th best, chosen or not."""
-        return self.descending[rows] == self.values[rows, -1:]
+    def tied_with_last(self) -> np.ndarray:
+        """Which sales tie with their row's ``depth``-th best, chosen or not."""
+        return self.descending == self.values[:, -1:]
 
 
 def add_rank_lookup(out: np.ndarray, scores: np.ndarray, table: np.ndarray,
@@ -228,8 +228,10 @@ def add_rank_lookup(out: np.ndarray, scores: np.ndarray, table: np.ndarray,
     rows = best.spilled_rows
     if len(rows):  # their sales tied with the depth-th are all corrected by the mask below
         delta[rows] = np.where(best.values[rows] == best.values[rows, -1:], 0.0, delta[rows])
-        tied_delta = table[best.ranks[rows, -1]] - beyond
-        out[rows] += np.where(best.tied_with_last(rows), tied_delta[:, None], 0.0)
+        tied_delta = np.zeros(len(out))
+        tied_delta[rows] = table[best.ranks[rows, -1]] - beyond
+        # a pass over the whole block costs less than gathering and scattering its rows
+        out += best.tied_with_last() * tied_delta[:, None]
     out += beyond
     out.reshape(-1)[best.cells] += delta  # a row's cells are distinct
     return out
