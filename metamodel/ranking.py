@@ -73,16 +73,7 @@ class RankTopK:
         bought.eliminate_zeros()
         parts = []
         for strategy in self.strategies:
-            # the meta-model ranks by log-odds: its probability is computed for the top k only
-            scores = (self.model.logit_blocks(block.scores) if strategy == METAMODEL
-                      else compact(np.asarray(block.scores[strategy], dtype=float)))
-            if scores.shape[0] == 1 < bought.shape[0]:  # the same for every user (popularity)
-                cols, best = _top_k_of_shared_row(scores[0], bought, self.k)
-            else:
-                scores = np.array(np.broadcast_to(scores, bought.shape))
-                scores[bought.nonzero()] = -np.inf
-                cols = top_k(scores, self.k)
-                best = scores.reshape(-1)[along_rows(scores, cols)]
+            cols, best = self._top_k(strategy, block, bought)
             rows, ranks = np.nonzero(np.isfinite(best))
             best = best[rows, ranks]
             parts.append(pd.DataFrame({
@@ -93,6 +84,24 @@ class RankTopK:
                 "score": expit(best) if strategy == METAMODEL else best,
             }))
         return pd.concat(parts, ignore_index=True)
+
+    def _top_k(self, strategy: str, block: Block, bought: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
+        """Columns and scores of each user's top k unbought sales for ``strategy``."""
+        if strategy == METAMODEL:  # by log-odds: the probability is computed for the top k only
+            return _top_k_unbought(self.model.logit_blocks(block.scores), bought, self.k)
+        scores = compact(np.asarray(block.scores[strategy], dtype=float))
+        if scores.shape[0] == 1 < len(block.users):  # the same for every user (popularity)
+            return _top_k_of_shared_row(scores[0], bought, self.k)
+        # on a copy: the block's scores are shared by every strategy
+        return _top_k_unbought(np.array(np.broadcast_to(scores, bought.shape)), bought, self.k)
+
+
+def _top_k_unbought(scores: np.ndarray, bought: sp.csr_matrix, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`top_k` of ``scores`` (changed in place) once what each user bought is -inf;
+    returns the columns and their scores."""
+    scores[bought.nonzero()] = -np.inf
+    cols = top_k(scores, k)
+    return cols, scores.reshape(-1)[along_rows(scores, cols)]
 
 
 def _top_k_of_shared_row(row: np.ndarray, bought: sp.csr_matrix, k: int) -> tuple[np.ndarray, np.ndarray]:
