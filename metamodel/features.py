@@ -151,7 +151,7 @@ def within_user_ranks(scores: np.ndarray, depth: int | None = None) -> np.ndarra
     order = np.argsort(descending, axis=1)
     descending.sort(axis=1)
     ranks = np.empty((n, m), dtype=np.int32)
-    ranks.ravel()[(order + np.arange(0, n * m, m)[:, None]).ravel()] = _tie_ranks(descending).ravel()
+    ranks.reshape(-1)[along_rows(ranks, order)] = _tie_ranks(descending)
     return ranks
 
 
@@ -218,6 +218,8 @@ def add_rank_lookup(out: np.ndarray, scores: np.ndarray, table: np.ndarray,
     whole block once, and only the best ``depth`` of each row (and the sales tied with the
     last of them) are corrected, so no ``users x sales`` array of ranks is built.
     """
+    if not out.flags.c_contiguous:  # the corrections below write through a flat view
+        raise ValueError("add_rank_lookup needs a C-contiguous out")
     scores = np.asarray(scores, dtype=float)
     if depth is None or depth >= scores.shape[1] or compact(scores).shape != scores.shape:
         out += np.take(table, within_user_ranks(scores, depth))

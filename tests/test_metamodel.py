@@ -99,6 +99,8 @@ def test_rank_lookup_equals_looking_up_every_rank(depth):
         expected = base + table[within_user_ranks(scores, depth)]
         np.testing.assert_allclose(add_rank_lookup(base.copy(), scores, table, depth), expected,
                                    rtol=1e-13, atol=1e-13)
+    with pytest.raises(ValueError, match="C-contiguous"):  # its corrections would be lost
+        add_rank_lookup(np.zeros((300, 40)).T, sparse, table, depth)
 
 
 def test_within_user_ranks_of_a_user_independent_score_and_of_nothing():
