@@ -1,7 +1,7 @@
 """The nightly run at scale, against the hardware floor and against peers, on the same data.
 
     python benchmarks/scale.py --users 100000 [--open-sales 1000] [--out /tmp/salerank-scale]
-        [--peers floor,implicit,spark_als] [--rank-depth N]
+        [--peers floor,implicit,spark_als] [--rank-depth N] [--conf FILE]
 
 1. ``synthetic.py`` writes USERS users, ~OPEN_SALES sales open on the run date, four weeks of
    visits and purchases (Parquet, in the data contract; photos off).
@@ -168,6 +168,8 @@ def main() -> None:
     parser.add_argument("--partitions", type=int, default=8, help="spark.scoring_partitions")
     parser.add_argument("--rank-depth", type=int, default=None,
                         help="metamodel.rank_depth (default: the configuration's; 0: exact ranks)")
+    parser.add_argument("--conf", help="a configuration file merged under the benchmark's settings "
+                                       "(its nights are kept apart, under nights-STEM)")
     args = parser.parse_args()
 
     from salerank.conf import load_config
@@ -178,13 +180,15 @@ def main() -> None:
 
     out = Path(args.out) / f"{args.users}"
     nights = out / ("nights" if args.rank_depth is None else f"nights-depth{args.rank_depth}")  # 0: exact
+    if args.conf:
+        nights = nights.with_name(f"{nights.name}-{Path(args.conf).stem}")
     data = out / "data"
     if not (data / "sizes.json").exists():
         sizes, seconds = timed(generate, args.users, args.open_sales, data)
         print(f"generated {json.dumps(sizes)} in {seconds:.0f} s")
     sizes = json.loads((data / "sizes.json").read_text())
     run_date = dt.date.fromisoformat(sizes["run_date"])
-    config = load_config(overrides={
+    config = load_config(args.conf, overrides={
         "image_labelling": {"enabled": False}, "metamodel": {"train_days": 3, "validation_days": 1,
                       **({} if args.rank_depth is None else {"rank_depth": args.rank_depth or None})},
         "spark": {"scoring_partitions": args.partitions, "driver_memory": "8g"},
