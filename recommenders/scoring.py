@@ -97,7 +97,9 @@ def score_users(context: ScoringContext, recommenders: list[Recommender], users:
         return out
 
     # sorted within the partition, so that its Arrow batches and blocks hold the same users
-    # on every run whatever order the shuffle delivers them in (BLAS sums depend on shape)
+    # on every run whatever order the shuffle delivers them in (BLAS sums depend on shape);
+    # the histories are already partitioned so, and Spark plans no second shuffle for it:
+    # this states what scoring relies on, whatever the state joins above were planned as
     histories = histories.repartition(partitions, "user_id").sortWithinPartitions("user_id")
     return histories.mapInPandas(score_partition, schema)
 
@@ -130,10 +132,11 @@ def _stack(column: pd.Series, width: int) -> np.ndarray:
 def _keep_freed_memory() -> None:
     """Let this worker's allocator reuse the memory a block frees for the next block.
 
-    A block's arrays (20 MB each) are above glibc's threshold for mapping memory afresh, so
-    every one was returned to the system when freed and page-faulted in again: about 17,000
-    faults per block, a quarter of the meta-model's time. Raising the thresholds keeps them
-    in the heap; the worker's memory stays at its peak for one block, which bounds it anyway.
+    A block's arrays (8 MB each at ``BLOCK_CELLS``) are above glibc's threshold for mapping
+    memory afresh, so every one was returned to the system when freed and page-faulted in
+    again: about 17,000 faults per block of 2.5M cells, a quarter of the meta-model's time.
+    Raising the thresholds keeps them in the heap; the worker's memory stays at its peak for
+    one block, which bounds it anyway.
     Other C libraries are left as they are.
     """
     try:
