@@ -15,6 +15,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
 import numpy as np
+import pyarrow as pa
 import scipy.sparse as sp
 
 from ..features.history import ScoringContext
@@ -44,19 +45,27 @@ class UserHistory:
     def from_lists(cls, items: list[np.ndarray], bought: list[np.ndarray], n_sales: int,
                    age_days: list[np.ndarray] | None = None,
                    states: dict[str, np.ndarray] | None = None) -> UserHistory:
-        lengths = np.fromiter((len(x) for x in items), dtype=np.int64, count=len(items))
-        indptr = np.concatenate([[0], np.cumsum(lengths)])
-        indices = (np.concatenate(items).astype(np.int32) if lengths.sum()
-                   else np.zeros(0, dtype=np.int32))
-        flags = (np.concatenate(bought).astype(bool) if lengths.sum() else np.zeros(0, dtype=bool))
+        """From one array per user (each user's sale indices, bought flags and ages)."""
+        return cls.from_arrow(pa.array(items, pa.list_(pa.int32())), pa.array(bought, pa.list_(pa.bool_())),
+                              n_sales, None if age_days is None else pa.array(age_days, pa.list_(pa.float64())),
+                              states)
+
+    @classmethod
+    def from_arrow(cls, items: pa.ListArray, bought: pa.ListArray, n_sales: int,
+                   age_days: pa.ListArray | None = None,
+                   states: dict[str, np.ndarray] | None = None) -> UserHistory:
+        """From aligned Arrow list columns (a slice of the batch Spark hands a worker): their
+        offsets are the CSR row pointers, so no Python object is made per user."""
+        offsets = items.offsets.to_numpy()
+        indptr = (offsets - offsets[0]).astype(np.int64)
+        indices = items.flatten().to_numpy(zero_copy_only=False).astype(np.int32)
+        flags = bought.flatten().to_numpy(zero_copy_only=False).astype(float)
         shape = (len(items), n_sales)
         seen = sp.csr_matrix((np.ones(len(indices)), indices, indptr), shape=shape)
         # its own copies of indices/indptr: eliminate_zeros works in place
-        bought_m = sp.csr_matrix((flags.astype(float), indices.copy(), indptr.copy()), shape=shape)
+        bought_m = sp.csr_matrix((flags, indices.copy(), indptr.copy()), shape=shape)
         bought_m.eliminate_zeros()
-        ages = None
-        if age_days is not None:
-            ages = (np.concatenate(age_days).astype(float) if lengths.sum() else np.zeros(0))
+        ages = None if age_days is None else age_days.flatten().to_numpy(zero_copy_only=False).astype(float)
         return cls(seen, bought_m, ages, states or {})
 
     def __len__(self) -> int:

@@ -14,7 +14,9 @@ from typing import Callable, Iterator
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 from pyspark.sql import DataFrame
+from pyspark.sql.pandas.types import to_arrow_schema
 
 from ..features.history import ScoringContext
 from .base import Recommender, UserHistory
@@ -24,14 +26,15 @@ from .base import Recommender, UserHistory
 class Block:
     """A block of users scored against the open sales."""
 
-    users: pd.DataFrame  # the input rows (user_id, items, bought, and any extra columns)
+    users: pd.DataFrame  # the input rows without the history columns (user_id and any extra columns)
     history: UserHistory
     scores: dict[str, np.ndarray]  # recommender name -> users x open sales
     open_idx: np.ndarray
     open_ids: np.ndarray  # sale_id of each open sale (column order)
 
 
-Emit = Callable[[Block], pd.DataFrame]
+# the rows of a block: a pandas DataFrame, or an Arrow table (cheaper for many string rows)
+Emit = Callable[[Block], "pd.DataFrame | pa.Table"]
 
 # Users x open sales cells scored together: 8 MB per dense float64 array, so a task's
 # memory is bounded by the block (a few dozen such arrays), not by its users. Measured at
@@ -50,7 +53,7 @@ def score_users(context: ScoringContext, recommenders: list[Recommender], users:
     users : DataFrame
         One row per ``user_id`` (extra columns are passed through to ``emit``).
     emit : callable
-        ``Block -> pandas.DataFrame`` matching ``schema``.
+        ``Block -> pandas.DataFrame or pyarrow.Table`` matching ``schema``.
     timers : dict, optional
         Filled with a Spark accumulator per step (``histories``, each recommender, ``emit``):
         the seconds the executors spent in it, summed over tasks, once an action has run.
@@ -68,40 +71,49 @@ def score_users(context: ScoringContext, recommenders: list[Recommender], users:
         if (state := r.user_state()) is not None:
             histories = histories.join(_state_frame(spark, r.name, *state), "user_id", "left")
             widths[r.name] = state[1].shape[1]
+    history_columns = ["items", "bought", "age_days", *[_state_column(name) for name in widths]]
     shared = spark.sparkContext.broadcast({
         "recommenders": recommenders, "emit": emit, "open_idx": context.open_idx,
         "open_ids": context.catalog.sale_ids(context.open_idx), "n_sales": len(context.catalog),
-        "widths": widths,
+        "widths": widths, "history_columns": history_columns,
+        "schema": to_arrow_schema(spark.createDataFrame([], schema).schema),
     })
 
-    def score_partition(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    # Arrow batches in and out (mapInArrow): the histories' list columns become CSR matrices
+    # from their offsets, and rows go back without a Python object per user or per row
+    def score_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         _keep_freed_memory()
         state = shared.value
         block_users = max(1, block_cells // max(1, len(state["open_idx"])))
         for arrow_batch in batches:
-            for lo in range(0, len(arrow_batch), block_users):
-                yield score_block(state, arrow_batch.iloc[lo:lo + block_users])
+            for lo in range(0, arrow_batch.num_rows, block_users):
+                yield from score_block(state, arrow_batch.slice(lo, block_users))
 
-    def score_block(state: dict, batch: pd.DataFrame) -> pd.DataFrame:
+    def score_block(state: dict, batch: pa.RecordBatch) -> Iterator[pa.RecordBatch]:
         start = time.perf_counter()
-        states = {name: _stack(batch[_state_column(name)], width) for name, width in state["widths"].items()}
-        history = UserHistory.from_lists(list(batch["items"]), list(batch["bought"]),
-                                         state["n_sales"], list(batch["age_days"]), states)
+        states = {name: _stack(batch.column(_state_column(name)), width)
+                  for name, width in state["widths"].items()}
+        history = UserHistory.from_arrow(batch.column("items"), batch.column("bought"), state["n_sales"],
+                                         batch.column("age_days"), states)
+        users = batch.drop_columns(state["history_columns"]).to_pandas()
         start = _lap(clocks["histories"], start)
         scores = {}
         for r in state["recommenders"]:
             scores[r.name] = r.score(history)
             start = _lap(clocks[r.name], start)
-        out = state["emit"](Block(batch, history, scores, state["open_idx"], state["open_ids"]))
+        out = state["emit"](Block(users, history, scores, state["open_idx"], state["open_ids"]))
+        if isinstance(out, pd.DataFrame):
+            out = pa.Table.from_pandas(out, schema=state["schema"], preserve_index=False)
+        out = out.cast(state["schema"]).combine_chunks()
         _lap(clocks["emit"], start)
-        return out
+        yield from out.to_batches()
 
     # sorted within the partition, so that its Arrow batches and blocks hold the same users
     # on every run whatever order the shuffle delivers them in (BLAS sums depend on shape);
     # the histories are already partitioned so, and Spark plans no second shuffle for it:
     # this states what scoring relies on, whatever the state joins above were planned as
     histories = histories.repartition(partitions, "user_id").sortWithinPartitions("user_id")
-    return histories.mapInPandas(score_partition, schema)
+    return histories.mapInArrow(score_partition, schema)
 
 
 def _state_column(name: str) -> str:
@@ -120,12 +132,12 @@ def _state_frame(spark, name: str, user_ids: np.ndarray, rows: np.ndarray) -> Da
     return spark.createDataFrame(table, f"user_id string, {_state_column(name)} array<float>")
 
 
-def _stack(column: pd.Series, width: int) -> np.ndarray:
+def _stack(column: pa.ListArray, width: int) -> np.ndarray:
     """The joined rows of state as a ``users x width`` array; zeros where a user had none."""
     out = np.zeros((len(column), width), dtype=np.float32)
-    present = column.notna().to_numpy()
+    present = column.is_valid().to_numpy(zero_copy_only=False)
     if present.any():
-        out[present] = np.stack(column[present].to_numpy())
+        out[present] = column.flatten().to_numpy().reshape(-1, width)
     return out
 
 

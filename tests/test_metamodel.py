@@ -180,7 +180,7 @@ def test_top_k_equals_a_stable_full_sort(k):
 
 
 def test_rank_top_k_skips_what_was_bought():
-    ranked = RankTopK(None, k=3, strategies=("x",))(block())
+    ranked = RankTopK(None, k=3, strategies=("x",))(block()).to_pandas()
     a = ranked[ranked.user_id == "a"]
     assert a.sale_id.tolist() == ["s10", "s12", "s13"] and a["rank"].tolist() == [1, 2, 3]
     assert ranked[ranked.user_id == "b"].sale_id.tolist() == ["s14", "s13", "s12"]
@@ -197,7 +197,7 @@ def test_a_score_shared_by_every_user_is_ranked_as_any_other():
     history = UserHistory.from_lists(items, flags, m)
     users = pd.DataFrame({"user_id": [f"u{i}" for i in range(n)]})
     shared = Block(users, history, {"p": np.broadcast_to(popularity, (n, m))}, np.arange(m), np.arange(m).astype(str))
-    ranked = RankTopK(None, k=10, strategies=("p",))(shared)
+    ranked = RankTopK(None, k=10, strategies=("p",))(shared).to_pandas()
     scores = np.tile(popularity, (n, 1))
     scores[history.bought.toarray() > 0] = -np.inf
     cols = top_k(scores, 10)
@@ -215,7 +215,7 @@ def test_meta_model_top_k_is_the_top_k_of_its_probabilities():
     history = UserHistory.from_lists([np.array([3, 7])] * n, [np.array([True, False])] * n, 30)
     users = pd.DataFrame({"user_id": [f"u{i}" for i in range(n)]})
     ranked = RankTopK(model, k=5, strategies=("metamodel",))(
-        Block(users, history, scores, open_idx, np.array([f"s{i:02d}" for i in open_idx])))
+        Block(users, history, scores, open_idx, np.array([f"s{i:02d}" for i in open_idx]))).to_pandas()
     probability = model.score_blocks(scores)
     probability[:, 3] = -np.inf  # bought
     cols = top_k(probability, 5)
