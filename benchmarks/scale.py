@@ -1,7 +1,7 @@
 """The nightly run at scale, against the hardware floor and against peers, on the same data.
 
     python benchmarks/scale.py --users 100000 [--open-sales 1000] [--out /tmp/salerank-scale]
-        [--peers floor,implicit,spark_als] [--rank-depth N] [--conf FILE]
+        [--peers floor,path,implicit,spark_als] [--rank-depth N] [--conf FILE]
 
 1. ``synthetic.py`` writes USERS users, ~OPEN_SALES sales open on the run date, four weeks of
    visits and purchases (Parquet, in the data contract; photos off).
@@ -19,6 +19,12 @@
    - ``spark_als``: Spark MLlib ALS (rank 32, implicit preferences) fitted on the visits, then
      ``recommendForAllUsers(10)`` and ``recommendForUserSubset(active users, 10)``. MLlib ranks
      every sale it knows, not only the open ones, and cannot be restricted to them.
+   - ``path``: the score stage's own Spark work with almost nothing scored: the same
+     ``score_users`` path (events shuffled into histories, Arrow batches to the Python
+     workers, 20 ranked rows per user back, cached and counted, as the night does), ranking
+     two scores that are the same for every user (popularity, days open), so each block
+     ranks one row and no (user, sale) pair is computed. What the night spends above it is
+     the scoring itself.
    Fitting times are printed but kept out of the ratios: the nightly score stage is compared
    with the peers' scoring calls.
 """
@@ -159,12 +165,39 @@ def spark_als_peer(spark, data: Path) -> dict:
             "items": model.itemFactors.count()}
 
 
+def spark_path_peer(spark, data: Path, run_date: dt.date, config: dict) -> float:
+    """Seconds for the score stage's Spark work alone (see ``path`` above)."""
+    from salerank.features.history import Catalog, ScoringContext
+    from salerank.features.loading import load_tables
+    from salerank.metamodel.features import DaysOpen
+    from salerank.metamodel.ranking import RANKING_SCHEMA, RankTopK
+    from salerank.recommenders import Popularity, fit_all
+    from salerank.recommenders.scoring import score_users
+
+    tables = load_tables(spark, str(data))
+    context = ScoringContext.build(tables, Catalog.from_tables(spark, tables), run_date)
+    active = context.active_users(config["active_lookback_days"]).cache()
+    active.count()
+    fitted = fit_all([Popularity(**config["recommenders"]["popularity"]), DaysOpen()], context)
+    emit = RankTopK(None, config["top_k"], ("popularity", "days_open"))
+
+    def stage():
+        ranked = score_users(context, fitted, active, emit, RANKING_SCHEMA,
+                             config["spark"]["scoring_partitions"]).cache()
+        ranked.count()
+        ranked.unpersist()
+
+    _, seconds = timed(stage)
+    active.unpersist()
+    return seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=100_000)
     parser.add_argument("--open-sales", type=int, default=1000)
     parser.add_argument("--out", default="/tmp/salerank-scale")
-    parser.add_argument("--peers", default="floor,implicit,spark_als")
+    parser.add_argument("--peers", default="floor,path,implicit,spark_als")
     parser.add_argument("--partitions", type=int, default=8, help="spark.scoring_partitions")
     parser.add_argument("--rank-depth", type=int, default=None,
                         help="metamodel.rank_depth (default: the configuration's; 0: exact ranks)")
@@ -214,6 +247,8 @@ def main() -> None:
     wanted = args.peers.split(",") if args.peers else []
     if "floor" in wanted:
         peers["floor"] = gemm_top10(result.active_users, result.open_sales)
+    if "path" in wanted:
+        peers["path"] = spark_path_peer(spark, data, run_date, config)
     if "implicit" in wanted:
         peers["implicit"] = implicit_peer(data, run_date)
     if "spark_als" in wanted:
@@ -235,6 +270,13 @@ def main() -> None:
     if "floor" in peers:
         print(f"\nfloor: GEMM + top-10 for {result.active_users} x {result.open_sales}: {peers['floor']:.2f} s; "
               f"score stage / floor = {score / peers['floor']:.1f}x")
+    if "path" in peers:
+        line = (f"Spark path alone (histories in, 20 rows per user out, nothing scored per pair): "
+                f"{peers['path']:.2f} s")
+        if "floor" in peers:
+            line += (f"; path / floor = {peers['path'] / peers['floor']:.1f}x, "
+                     f"(score stage - path) / floor = {(score - peers['path']) / peers['floor']:.1f}x")
+        print(line)
     if "implicit" in peers:
         p = peers["implicit"]
         print(f"implicit ALS: fit {p['fit']:.1f} s, recommend(items=open) for {p['users']} users "
