@@ -125,7 +125,7 @@ class BPR(_ImplicitMF):
     folds_users_in = False
 
     def __init__(self, factors: int = 32, learning_rate: float = 0.05, regularization: float = 0.01,
-                 iterations: int = 100, visit_weight: float = 1.0, purchase_weight: float = 3.0,
+                 iterations: int = 50, visit_weight: float = 1.0, purchase_weight: float = 3.0,
                  seed: int = 42, threads: int = 1):
         super().__init__(factors, regularization, iterations, visit_weight, purchase_weight, seed)
         self.learning_rate = learning_rate
