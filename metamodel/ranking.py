@@ -67,6 +67,8 @@ class RankTopK:
     model: MetaModel | None
     k: int
     strategies: tuple[str, ...]
+    # timed apart by score_users: the meta-model's log-odds (ranks included), then every top-k
+    steps = ("metamodel", "top_k")
 
     def __call__(self, block: Block) -> pa.Table:
         bought = block.history.bought[:, block.open_idx].tocsr()
@@ -91,7 +93,10 @@ class RankTopK:
     def _top_k(self, strategy: str, block: Block, bought: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
         """Columns and scores of each user's top k unbought sales for ``strategy``."""
         if strategy == METAMODEL:  # by log-odds: the probability is computed for the top k only
-            return _top_k_unbought(self.model.logit_blocks(block.scores), bought, self.k)
+            block.lap("top_k")  # what came before (the bought mask, other strategies)
+            logits = self.model.logit_blocks(block.scores)
+            block.lap("metamodel")
+            return _top_k_unbought(logits, bought, self.k)
         scores = compact(np.asarray(block.scores[strategy], dtype=float))
         if scores.shape[0] == 1 < len(block.users):  # the same for every user (popularity)
             return _top_k_of_shared_row(scores[0], bought, self.k)

@@ -31,10 +31,15 @@ class Block:
     scores: dict[str, np.ndarray]  # recommender name -> users x open sales
     open_idx: np.ndarray
     open_ids: np.ndarray  # sale_id of each open sale (column order)
+    # lap("step"): the emit's time since its previous lap goes to that step (see EMIT_STEPS)
+    lap: Callable[[str], None] = lambda step: None
 
 
-# the rows of a block: a pandas DataFrame, or an Arrow table (cheaper for many string rows)
+# the rows of a block: a pandas DataFrame, or an Arrow table (cheaper for many string rows).
+# An emit may name its steps in an ``steps`` attribute and time them with ``block.lap``; the
+# time after its last lap goes to its last step. Without ``steps`` it is one step, "emit".
 Emit = Callable[[Block], "pd.DataFrame | pa.Table"]
+EMIT_STEPS = ("emit",)
 
 # Users x open sales cells scored together: 8 MB per dense float64 array, so a task's
 # memory is bounded by the block (a few dozen such arrays), not by its users. Measured at
@@ -55,13 +60,15 @@ def score_users(context: ScoringContext, recommenders: list[Recommender], users:
     emit : callable
         ``Block -> pandas.DataFrame or pyarrow.Table`` matching ``schema``.
     timers : dict, optional
-        Filled with a Spark accumulator per step (``histories``, each recommender, ``emit``):
+        Filled with a Spark accumulator per step (``histories``, each recommender, and the
+        emit's ``steps`` or ``emit``):
         the seconds the executors spent in it, summed over tasks, once an action has run.
     block_cells : int
         Users x open sales scored at once (the Arrow batches are cut to this size).
     """
     spark = users.sparkSession
-    steps = ["histories", *[r.name for r in recommenders], "emit"]
+    emit_steps = tuple(getattr(emit, "steps", EMIT_STEPS))
+    steps = ["histories", *[r.name for r in recommenders], *emit_steps]
     clocks = {step: spark.sparkContext.accumulator(0.0) for step in steps}
     if timers is not None:
         timers.update(clocks)
@@ -101,11 +108,16 @@ def score_users(context: ScoringContext, recommenders: list[Recommender], users:
         for r in state["recommenders"]:
             scores[r.name] = r.score(history)
             start = _lap(clocks[r.name], start)
-        out = state["emit"](Block(users, history, scores, state["open_idx"], state["open_ids"]))
+        laps = {"start": start}
+
+        def lap(step: str) -> None:
+            laps["start"] = _lap(clocks[step], laps["start"])
+
+        out = state["emit"](Block(users, history, scores, state["open_idx"], state["open_ids"], lap))
         if isinstance(out, pd.DataFrame):
             out = pa.Table.from_pandas(out, schema=state["schema"], preserve_index=False)
         out = out.cast(state["schema"]).combine_chunks()
-        _lap(clocks["emit"], start)
+        lap(emit_steps[-1])
         yield from out.to_batches()
 
     # sorted within the partition, so that its Arrow batches and blocks hold the same users

@@ -102,3 +102,25 @@ def test_scoring_in_small_blocks_gives_the_same_rankings(tables, catalog, world)
     whole, small = ranked(10**9), ranked(3 * len(context.open_idx))
     assert users.count() > 20 and len(whole) > 100
     pd.testing.assert_frame_equal(whole, small)
+
+
+def test_score_stage_times_the_meta_model_apart_from_its_top_k(tables, catalog, world):
+    """The executor seconds of every step, the meta-model's log-odds and the top-k included,
+    are counted by the executors (the harness prints them, MLflow records them)."""
+    from salerank.features.history import ScoringContext
+    from salerank.metamodel.model import MetaModel
+    from salerank.metamodel.ranking import RANKING_SCHEMA, RankTopK
+    from salerank.recommenders.scoring import score_users
+
+    context = ScoringContext.build(tables, catalog, world.last_date)
+    fitted = [ItemCF().fit(context), Popularity().fit(context)]
+    rng = np.random.default_rng(0)
+    examples = pd.DataFrame({"item_cf": rng.exponential(1, 500), "popularity": rng.exponential(1, 500),
+                             "label": rng.random(500) < 0.3})
+    model = MetaModel(["item_cf", "popularity"]).fit(examples)
+    timers = {}
+    frame = score_users(context, fitted, context.active_users(30),
+                        RankTopK(model, 5, ("metamodel", "popularity")), RANKING_SCHEMA, 2, timers)
+    assert frame.count() > 0
+    assert list(timers) == ["histories", "item_cf", "popularity", "metamodel", "top_k"]
+    assert timers["metamodel"].value > 0 and timers["top_k"].value > 0
