@@ -98,21 +98,24 @@ def score_users(context: ScoringContext, recommenders: list[Recommender], users:
 
     def score_block(state: dict, batch: pa.RecordBatch) -> Iterator[pa.RecordBatch]:
         start = time.perf_counter()
+
+        def lap(step: str) -> None:
+            """The time since the previous lap goes to ``step``."""
+            nonlocal start
+            now = time.perf_counter()
+            clocks[step].add(now - start)
+            start = now
+
         states = {name: _stack(batch.column(_state_column(name)), width)
                   for name, width in state["widths"].items()}
         history = UserHistory.from_arrow(batch.column("items"), batch.column("bought"), state["n_sales"],
                                          batch.column("age_days"), states)
         users = batch.drop_columns(state["history_columns"]).to_pandas()
-        start = _lap(clocks["histories"], start)
+        lap("histories")
         scores = {}
         for r in state["recommenders"]:
             scores[r.name] = r.score(history)
-            start = _lap(clocks[r.name], start)
-        laps = {"start": start}
-
-        def lap(step: str) -> None:
-            laps["start"] = _lap(clocks[step], laps["start"])
-
+            lap(r.name)
         out = state["emit"](Block(users, history, scores, state["open_idx"], state["open_ids"], lap))
         if isinstance(out, pd.DataFrame):
             out = pa.Table.from_pandas(out, schema=state["schema"], preserve_index=False)
@@ -172,9 +175,3 @@ def _keep_freed_memory() -> None:
 
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h
-
-
-def _lap(clock, start: float) -> float:
-    now = time.perf_counter()
-    clock.add(now - start)
-    return now
