@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import os
 from dataclasses import dataclass, field
 
@@ -16,6 +17,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.storagelevel import StorageLevel
 
+from ..storage import FileSystem, join
 from .contract import EARLIEST_YEAR, LATEST_YEAR, SPARK_TYPES, TABLES, TableSpec
 
 CORRUPT = "_corrupt_record"
@@ -80,26 +82,27 @@ def load_tables(spark: SparkSession, data_dir: str | os.PathLike) -> Tables:
     errors: list[Problem] = []
     warnings: list[Problem] = []
     frames: dict[str, DataFrame | None] = {}
-    files: dict[str, str] = {}
+    names: dict[str, str] = {}
+    files = FileSystem(spark, data_dir)
     digests: dict[str, str] = {}
     counts: dict[str, int] = {}
     for spec in TABLES:
-        path = _find_table(data_dir, spec, errors)
+        path = _find_table(files, data_dir, spec, errors)
         if path is None:
             frames[spec.name] = None
             continue
-        files[spec.name] = os.path.basename(path)
+        names[spec.name] = path.rsplit("/", 1)[-1]
         try:
-            raw = _read_raw(spark, path)
+            raw = _read_raw(spark, files, path)
         except AnalysisException as err:  # a file Spark cannot read at all
-            errors.append(Problem(files[spec.name], None, _unreadable(err)))
+            errors.append(Problem(names[spec.name], None, _unreadable(err)))
             frames[spec.name] = None
             continue
-        frame, count, digest = _type_table(raw, spec, files[spec.name], errors, warnings)
+        frame, count, digest = _type_table(raw, spec, names[spec.name], errors, warnings)
         frames[spec.name] = frame
         counts[spec.name], digests[spec.name] = count, digest
     if not errors:
-        _check_cross_table(frames, files, errors, warnings)
+        _check_cross_table(frames, names, errors, warnings)
     if errors:
         for frame in frames.values():
             if frame is not None:
@@ -112,16 +115,12 @@ def load_tables(spark: SparkSession, data_dir: str | os.PathLike) -> Tables:
 
 
 def _unreadable(err: AnalysisException) -> str:
-    if err.getCondition() == "PARQUET_TYPE_ILLEGAL" and "NANOS" in str(err):
-        return ("timestamps are stored in nanoseconds, which Spark cannot read: write them in "
-                "microseconds (pandas: to_parquet(..., coerce_timestamps='us', "
-                "allow_truncated_timestamps=True))")
     return f"cannot be read: {str(err).splitlines()[0]}"
 
 
-def _find_table(data_dir: str, spec: TableSpec, errors: list[Problem]) -> str | None:
-    found = [os.path.join(data_dir, f"{spec.name}.{ext}") for ext in ("csv", "parquet")
-             if os.path.exists(os.path.join(data_dir, f"{spec.name}.{ext}"))]
+def _find_table(files: FileSystem, data_dir: str, spec: TableSpec, errors: list[Problem]) -> str | None:
+    found = [join(data_dir, f"{spec.name}.{ext}") for ext in ("csv", "parquet")
+             if files.exists(join(data_dir, f"{spec.name}.{ext}"))]
     if len(found) > 1:
         errors.append(Problem(spec.name, None, "both a CSV and a Parquet version exist; "
                               "keep one so that it is clear which is read"))
@@ -135,17 +134,26 @@ def _find_table(data_dir: str, spec: TableSpec, errors: list[Problem]) -> str | 
     return found[0]
 
 
-def _read_raw(spark: SparkSession, path: str) -> DataFrame:
+def _read_raw(spark: SparkSession, files: FileSystem, path: str) -> DataFrame:
     if path.endswith(".parquet"):
         return spark.read.parquet(path)
-    if os.path.isfile(path):  # a local file: no Spark job just to read the header
-        with open(path, newline="", encoding="utf-8") as f:
-            header = next(csv.reader(f), [])
+    if files.is_file(path):  # one file: read its header without a Spark job
+        header = next(csv.reader(io.StringIO(_first_line(files, path))), [])
     else:
         header = spark.read.option("header", True).csv(path).columns
     schema = ", ".join([f"`{c}` string" for c in header] + [f"`{CORRUPT}` string"])
     return (spark.read.option("header", True).option("mode", "PERMISSIVE")
             .option("columnNameOfCorruptRecord", CORRUPT).schema(schema).csv(path))
+
+
+def _first_line(files: FileSystem, path: str, chunk: int = 65536) -> str:
+    """The first line of a text file (its header), without reading the whole file."""
+    stream = files.fs.open(files.path(path))
+    try:
+        buffer = files.jvm.java.io.BufferedReader(files.jvm.java.io.InputStreamReader(stream, "UTF-8"), chunk)
+        return (buffer.readLine() or "").lstrip("\ufeff")
+    finally:
+        stream.close()
 
 
 def _type_table(raw: DataFrame, spec: TableSpec, file: str, errors: list[Problem],
@@ -217,6 +225,10 @@ def _parse(column, source_type: str, kind: str):
         return column
     if kind in ("id", "string"):
         return column.cast("string")
+    if source_type == "bigint" and target in _TEMPORAL:
+        # a Parquet timestamp in nanoseconds, read as a long (nanosAsLong): to microseconds
+        micros = F.timestamp_micros(F.floor(column / F.lit(1000)).cast("long"))
+        return micros if target == "timestamp" else micros.cast(target)
     # typed sources (Parquet) convert directly, as their text would parse: not through a
     # string on every later read of the table
     if ((source_type in _TEMPORAL and target in _TEMPORAL)

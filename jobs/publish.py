@@ -16,45 +16,13 @@ import uuid
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from ..storage import FileSystem
+
 log = logging.getLogger("salerank")
 
 
 class PublishError(RuntimeError):
     """An output could not be written and checked; nothing was published."""
-
-
-class _FileSystem:
-    """The Hadoop file system of a path, for renames that work on local, HDFS and S3A."""
-
-    def __init__(self, spark, path: str):
-        self.jvm = spark.sparkContext._jvm
-        self.fs = self.path(path).getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
-        self.fs.setWriteChecksum(False)  # no hidden .crc beside the files handed to the website
-
-    def path(self, first, *children: str):
-        """A Hadoop path: ``first`` (a string or a path) joined with each child name."""
-        path = self.jvm.org.apache.hadoop.fs.Path(first) if isinstance(first, str) else first
-        for child in children:
-            path = self.jvm.org.apache.hadoop.fs.Path(path, child)
-        return path
-
-    def drop_checksum(self, path) -> None:
-        """Delete the hidden ``.NAME.crc`` that the local file system keeps beside a file."""
-        crc = self.path(path.getParent(), f".{path.getName()}.crc")
-        if self.fs.exists(crc):
-            self.fs.delete(crc, False)
-
-    def replace(self, staged, target) -> None:
-        """Move ``staged`` to ``target``, replacing what was there (kept aside until then)."""
-        self.fs.mkdirs(target.getParent())
-        old = self.path(target.getParent(), f"_old-{target.getName()}-{uuid.uuid4().hex[:12]}")
-        if self.fs.exists(target) and not self.fs.rename(target, old):
-            raise PublishError(f"{target}: could not move the previous output aside")
-        if not self.fs.rename(staged, target):
-            if self.fs.exists(old):
-                self.fs.rename(old, target)
-            raise PublishError(f"{target}: could not move the new output into place")
-        self.fs.delete(old, True)
 
 
 def publish_parquet(frame: DataFrame, path: str, expected_rows: int | None = None) -> int:
@@ -63,7 +31,7 @@ def publish_parquet(frame: DataFrame, path: str, expected_rows: int | None = Non
     Returns the number of rows published.
     """
     spark = frame.sparkSession
-    files = _FileSystem(spark, path)
+    files = FileSystem(spark, path)
     target = files.path(path)
     staging = files.path(target.getParent(), f"_tmp-{target.getName()}-{uuid.uuid4().hex[:12]}")
     try:
@@ -104,7 +72,7 @@ class Night:
     def __init__(self, spark, out_dir: str, run_date):
         self.spark, self.run_date = spark, run_date
         self.name = f"run_date={run_date.isoformat()}"
-        self.files = _FileSystem(spark, out_dir)
+        self.files = FileSystem(spark, out_dir)
         self.out = self.files.path(out_dir)
         staging_root = self.files.path(self.out, "_staging")
         for stale in self._listing(staging_root):  # left by a crashed run of this date

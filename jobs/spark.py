@@ -28,6 +28,9 @@ def get_spark(config: dict) -> SparkSession:
              .config("spark.sql.session.timeZone", "UTC")
              .config("spark.sql.shuffle.partitions", str(settings["shuffle_partitions"]))
              .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+             # Parquet timestamps in nanoseconds (pandas' default) read as longs; the loader
+             # converts them (features.loading._parse) instead of refusing the file
+             .config("spark.sql.legacy.parquet.nanosAsLong", "true")
              .getOrCreate())
     spark.sparkContext.setLogLevel("ERROR")
     return spark

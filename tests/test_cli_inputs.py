@@ -52,14 +52,6 @@ def append_line(table, line):
     return change
 
 
-def nanosecond_parquet(table):
-    def change(data):
-        frame = pd.read_csv(data / f"{table}.csv", parse_dates=["ts"])
-        frame.to_parquet(data / f"{table}.parquet", index=False)  # pandas: nanoseconds by default
-        (data / f"{table}.csv").unlink()
-    return change
-
-
 BROKEN = {
     "missing column": (drop_column("purchases", "ts"),
                        ["purchases.csv, column 'ts': required column is missing"]),
@@ -90,8 +82,6 @@ BROKEN = {
                         ["purchases.csv, column 'amount': negative value", "'-5'"]),
     "malformed line": (append_line("visits", 'u000001,s00001,2025-03-02 10:00:00,extra,"open'),
                        ["visits.csv: malformed CSV line"]),
-    "nanosecond timestamps": (nanosecond_parquet("visits"),
-                              ["visits.parquet: timestamps are stored in nanoseconds", "coerce_timestamps='us'"]),
     "missing table": (lambda data: (data / "visits.csv").unlink(), ["visits.csv", "missing"]),
 }
 

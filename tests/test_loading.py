@@ -49,6 +49,22 @@ def test_parquet_input_loads_like_csv(spark, world, tmp_path, tables):
         pd.testing.assert_frame_equal(got[expected.columns], expected)
 
 
+def test_parquet_in_nanoseconds_loads_like_csv(spark, world, tmp_path, tables):
+    """pandas writes timestamps in nanoseconds by default: read as they are, not refused."""
+    for name in world.tables:
+        frame = getattr(world, name)
+        for column in ("ts", "open_date", "close_date"):
+            if column in frame.columns:
+                frame = frame.assign(**{column: pd.to_datetime(frame[column])})  # datetime64[ns]
+        frame.to_parquet(tmp_path / f"{name}.parquet", index=False)
+    loaded = load_tables(spark, tmp_path)
+    assert loaded.row_counts == tables.row_counts
+    for name, key in (("sales", ["sale_id"]), ("visits", ["user_id", "sale_id", "ts"])):
+        expected = getattr(tables, name).toPandas().sort_values(key, ignore_index=True)
+        got = getattr(loaded, name).toPandas().sort_values(key, ignore_index=True)
+        pd.testing.assert_frame_equal(got[expected.columns], expected)
+
+
 def test_fingerprint_changes_with_content(spark, data, tables):
     edit(data, "purchases", lambda f: f.loc.__setitem__((0, "amount"), "1.0"))
     assert load_tables(spark, data).fingerprint != tables.fingerprint

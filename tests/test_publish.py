@@ -7,7 +7,8 @@ import pytest
 from pyspark.errors import PySparkException
 from pyspark.sql import functions as F
 
-from salerank.jobs.publish import Night, PublishError, _FileSystem, publish_parquet
+from salerank.jobs.publish import Night, PublishError, publish_parquet
+from salerank.storage import FileSystem
 
 
 def test_publish_replaces_and_a_failed_write_leaves_the_previous_output(spark, tmp_path):
@@ -65,7 +66,7 @@ def test_a_night_is_published_with_its_manifest_and_an_abandoned_one_changes_not
 def test_a_crash_inside_the_commit_is_finished_by_the_next_run(spark, tmp_path, monkeypatch):
     publish_night(spark, tmp_path, 3)
     moves = []
-    real_replace = _FileSystem.replace
+    real_replace = FileSystem.replace
 
     def crash_after_first_move(self, staged, target):
         if moves:
@@ -73,7 +74,7 @@ def test_a_crash_inside_the_commit_is_finished_by_the_next_run(spark, tmp_path, 
         moves.append(target.toString())
         real_replace(self, staged, target)
 
-    monkeypatch.setattr(_FileSystem, "replace", crash_after_first_move)
+    monkeypatch.setattr(FileSystem, "replace", crash_after_first_move)
     night = publish_night(spark, tmp_path, 5, commit=False)
     with pytest.raises(KeyboardInterrupt):
         night.commit({"run_date": DAY.isoformat()})
