@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
@@ -17,8 +18,11 @@ def default_config() -> dict:
     return yaml.safe_load(text)
 
 
-def load_config(path: str | Path | None = None, overrides: dict | None = None) -> dict:
+def load_config(path: str | Path | None = None, overrides: dict | None = None,
+                read_text: Callable[[str], str | None] | None = None) -> dict:
     """Return the default configuration merged with ``path`` and then ``overrides``.
+
+    ``read_text`` reads the file at ``path`` (None when there is none); by default a local file.
 
     Raises
     ------
@@ -28,11 +32,11 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
     """
     config = default_config()
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
+        text = (read_text or _read_local)(str(path))
+        if text is None:
             raise ConfigError(f"configuration file not found: {path}")
         try:
-            user = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            user = yaml.safe_load(text) or {}
         except yaml.YAMLError as err:
             raise ConfigError(f"{path}: not valid YAML: {err}") from None
         if not isinstance(user, dict):
@@ -45,6 +49,10 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
         raise ConfigError(f"{path or 'configuration'}: metamodel.rank_depth must be null or a "
                           f"whole number of at least 1, got {depth!r}")
     return config
+
+
+def _read_local(path: str) -> str | None:
+    return Path(path).read_text(encoding="utf-8") if Path(path).is_file() else None
 
 
 def _merge(base: dict, update: dict, source: str, prefix: str = "") -> dict:

@@ -7,6 +7,7 @@ Problems that do not stop a run are returned as warnings.
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import hashlib
 import io
 import os
@@ -67,6 +68,8 @@ class Tables:
     warnings: list[Problem] = field(default_factory=list)
     fingerprint: str = ""
     row_counts: dict[str, int] = field(default_factory=dict)
+    # file name and newest ``ts`` of each table with events (None when empty)
+    last_events: dict[str, tuple[str, dt.datetime | None]] = field(default_factory=dict)
 
 
 def load_tables(spark: SparkSession, data_dir: str | os.PathLike) -> Tables:
@@ -83,6 +86,7 @@ def load_tables(spark: SparkSession, data_dir: str | os.PathLike) -> Tables:
     warnings: list[Problem] = []
     frames: dict[str, DataFrame | None] = {}
     names: dict[str, str] = {}
+    last_events: dict[str, tuple[str, dt.datetime | None]] = {}
     files = FileSystem(spark, data_dir)
     digests: dict[str, str] = {}
     counts: dict[str, int] = {}
@@ -98,7 +102,9 @@ def load_tables(spark: SparkSession, data_dir: str | os.PathLike) -> Tables:
             errors.append(Problem(names[spec.name], None, _unreadable(err)))
             frames[spec.name] = None
             continue
-        frame, count, digest = _type_table(raw, spec, names[spec.name], errors, warnings)
+        frame, count, digest, newest = _type_table(raw, spec, names[spec.name], errors, warnings)
+        if "ts" in spec.required:
+            last_events[spec.name] = (names[spec.name], newest)
         frames[spec.name] = frame
         counts[spec.name], digests[spec.name] = count, digest
     if not errors:
@@ -111,7 +117,8 @@ def load_tables(spark: SparkSession, data_dir: str | os.PathLike) -> Tables:
     fingerprint = hashlib.sha256(
         "|".join(f"{name}:{counts[name]}:{digests[name]}" for name in sorted(digests)).encode()
     ).hexdigest()
-    return Tables(**frames, warnings=warnings, fingerprint=fingerprint, row_counts=counts)
+    return Tables(**frames, warnings=warnings, fingerprint=fingerprint, row_counts=counts,
+                  last_events=last_events)
 
 
 def _unreadable(err: AnalysisException) -> str:
@@ -164,7 +171,7 @@ def _type_table(raw: DataFrame, spec: TableSpec, file: str, errors: list[Problem
         errors.append(Problem(file, column, f"required column is missing (columns found: "
                               f"{', '.join(c for c in raw.columns if c != CORRUPT)})"))
     if missing:
-        return None, 0, ""
+        return None, 0, "", None
     # Spark matches cached data by plan: a same-path read cached earlier in this session
     # would be served instead of the file as it is now.  Drop it first.
     raw.unpersist(blocking=True)
@@ -197,6 +204,8 @@ def _type_table(raw: DataFrame, spec: TableSpec, file: str, errors: list[Problem
                   .cast("string").alias("digest")]
     aggregates += [F.sum(F.when(cond, 1).otherwise(0)).alias(f"check{i}")
                    for i, (_, _, _, cond) in enumerate(checks)]
+    if "ts" in kinds:  # for the freshness check (a stalled feed), in the same pass
+        aggregates.append(F.max(typed_cols["ts"]).alias("newest"))
     summary = raw.agg(*aggregates).first()
     rows = summary["rows"]
     for i, (column, message, is_error, cond) in enumerate(checks):
@@ -212,7 +221,7 @@ def _type_table(raw: DataFrame, spec: TableSpec, file: str, errors: list[Problem
     typed = raw.select(*[typed_cols[c].alias(c) for c in kinds], *extra)
     if spec.key:
         _check_duplicates(typed, spec.key, file, errors)
-    return typed, rows, summary["digest"] or "0"
+    return typed, rows, summary["digest"] or "0", summary["newest"] if "ts" in kinds else None
 
 
 _TEMPORAL = {"date", "timestamp", "timestamp_ntz"}
@@ -297,3 +306,24 @@ def _check_cross_table(frames: dict, files: dict, errors: list[Problem],
         if count:
             warnings.append(Problem(files["image_labels"], "image_path",
                                     "labels an image that is not in sale_images", count, _example(unknown)))
+
+
+def check_fresh(tables: Tables, data_dir: str, run_date: dt.date, max_lag_days: int | None) -> None:
+    """Refuse a stalled feed: the newest visit or purchase more than ``max_lag_days`` before
+    ``run_date`` would publish stale recommendations as if they were tonight's.
+
+    Raises
+    ------
+    DataValidationError
+        Naming each stale table and its newest event.
+    """
+    if max_lag_days is None:
+        return
+    problems = []
+    for name, (file, newest) in sorted(tables.last_events.items()):
+        if newest is not None and (run_date - newest.date()).days > max_lag_days:  # empty: nothing stalled
+            problems.append(Problem(file, "ts", f"the newest event is at {newest}, more than max_data_lag_days={max_lag_days} "
+                                    f"days before the run date {run_date}: is the feed stalled? Fix the "
+                                    "feed, or run with --allow-stale to rank anyway"))
+    if problems:
+        raise DataValidationError(data_dir, problems)

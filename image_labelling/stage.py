@@ -2,15 +2,18 @@
 
 The tagger is chosen (and, with hand labels, trained) on the driver; the photos are then
 tagged per partition with ``mapInPandas``, the backbone loaded once per worker process.
-An image already tagged by the same model version (same file content hash) is read from
-the cache instead.  Missing, corrupt and non-image files are reported by path and
-skipped.
+The executors read the photos through Spark's ``binaryFile`` source, so the data folder may
+be on any Hadoop file system (HDFS, S3A, ...) with no mount shared by the workers.  An
+image already tagged by the same model version (same content hash) is read from the cache
+instead.  Missing, corrupt and non-image files are reported by path and skipped.
 """
 from __future__ import annotations
 
 import hashlib
 import logging
-import os
+import re
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -19,10 +22,12 @@ import pandas as pd
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from ..storage import FileSystem, join
 from .tagger import Backbone, ImageNetTagger, ImageTagger, tagging_metrics, top_tags
 
 log = logging.getLogger("salerank")
 
+PHOTOS_PER_PARTITION = 256
 TAG_SCHEMA = ("content_hash string, model_version string, tag string, probability double, "
               "rank int, failure string")
 _WORKER_BACKBONES: dict = {}  # per Python worker process: (name, cache_dir) -> Backbone
@@ -45,22 +50,69 @@ def _backbone(name: str, cache_dir: str | None) -> Backbone:
     return _WORKER_BACKBONES[key]
 
 
-def content_hash(path: str) -> str | None:
+def content_hash(content: bytes | None) -> str | None:
+    return None if content is None else hashlib.sha256(content).hexdigest()
+
+
+@contextmanager
+def _progress(report, every_seconds: float = 15.0):
+    """Call ``report`` every ``every_seconds`` while the block runs (a long Spark action)."""
+    done = threading.Event()
+
+    def loop():
+        while not done.wait(every_seconds):
+            report()
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
     try:
-        with open(path, "rb") as f:
-            return hashlib.sha256(f.read()).hexdigest()
-    except OSError:
-        return None
+        yield
+    finally:
+        done.set()
+        thread.join()
 
 
-def train_tagger(backbone: Backbone, labels: pd.DataFrame, data_dir: str, seed: int,
-                 holdout: float = 0.2) -> tuple[ImageTagger, dict]:
-    """Fit the head on the hand-labelled images; measure it on a held-out fifth first."""
+def locate_photos(spark, data_dir: str, image_paths: list[str]) -> tuple[dict[str, str], list[str]]:
+    """Each photo's full URI (``image_path`` is relative to ``data_dir``), found by listing the
+    photos' folders once; and the photos that are not there."""
+    files = FileSystem(spark, data_dir)
+    root = files.qualified(data_dir)
+    wanted = {p: join(root, re.sub(r"(^|/)(\./)+", r"\1", re.sub("/+", "/", p))) for p in image_paths}
+    present: set[str] = set()
+    for folder in sorted({uri.rsplit("/", 1)[0] for uri in wanted.values()}):
+        if files.is_dir(folder):
+            present.update(join(folder, name) for name in files.names(folder))
+    located = {p: uri for p, uri in wanted.items() if uri in present}
+    return located, sorted(set(image_paths) - set(located))
+
+
+def read_photos(spark, located: dict[str, str]) -> DataFrame:
+    """``image_path, content``: the photos' bytes, read by the executors through Spark's
+    ``binaryFile`` source (any Hadoop file system, no shared mount)."""
+    if not located:
+        return spark.createDataFrame([], "image_path string, content binary")
+    names = spark.createDataFrame(sorted((uri, p) for p, uri in located.items()), "path string, image_path string")
+    # a load path is a glob: escape its metacharacters so that a file named a[1].jpg is itself
+    globs = [re.sub(r"([\\\[\]{}*?])", r"\\\1", uri) for uri in located.values()]
+    binary = spark.read.format("binaryFile").load(globs).select("path", "content")
+    return binary.join(F.broadcast(names), "path").select("image_path", "content")
+
+
+def photo_bytes(spark, data_dir: str, image_paths: list[str]) -> list[tuple[str, bytes | None]]:
+    """``(image_path, content)`` on the driver, None for a missing photo: for the few photos
+    the driver itself needs (hand-labelled ones, the report's thumbnails, label-next)."""
+    located, _ = locate_photos(spark, data_dir, image_paths)
+    read = dict(read_photos(spark, located).toPandas().itertuples(index=False, name=None))
+    return [(p, read.get(p)) for p in image_paths]
+
+
+def train_tagger(backbone: Backbone, labels: pd.DataFrame, images: list[tuple[str, bytes | None]],
+                 seed: int, holdout: float = 0.2) -> tuple[ImageTagger, dict]:
+    """Fit the head on the hand-labelled images (``images``: their ``(image_path, content)``);
+    measure it on a held-out fifth first."""
     grouped = labels.groupby("image_path")["tag"].apply(set)
-    paths = [os.path.join(data_dir, p) for p in grouped.index]
-    embedded = backbone.embed(paths)
-    label_of = dict(zip(paths, grouped.to_list()))
-    y_sets = [label_of[p] for p in embedded.paths]
+    embedded = backbone.embed_images([item for item in images if item[0] in grouped.index])
+    y_sets = [grouped[p] for p in embedded.paths]
     order = np.random.default_rng(seed).permutation(len(y_sets))
     n_test = int(len(order) * holdout)
     metrics = {}
@@ -76,61 +128,67 @@ def train_tagger(backbone: Backbone, labels: pd.DataFrame, data_dir: str, seed: 
 
 def tag_images(sale_images: DataFrame, image_labels: DataFrame | None, data_dir: str,
                cache: DataFrame | None, config: dict, seed: int) -> TaggingResult:
-    """Tag every image of ``sale_images`` (paths relative to ``data_dir``)."""
+    """Tag every image of ``sale_images`` (paths relative to ``data_dir``, any Hadoop URI)."""
+    spark = sale_images.sparkSession
     settings = config["image_labelling"]
     name, weights_cache, k = settings["backbone"], settings["weights_cache_dir"], settings["top_k"]
     labels = image_labels.toPandas() if image_labels is not None else pd.DataFrame()
     metrics: dict = {}
     tagger = None
     if len(labels):
-        tagger, metrics = train_tagger(_backbone(name, weights_cache), labels, data_dir, seed)
+        labelled = photo_bytes(spark, data_dir, sorted(set(labels["image_path"])))
+        tagger, metrics = train_tagger(_backbone(name, weights_cache), labels, labelled, seed)
         head = tagger.head_.get_weights()  # kernel, bias: applied in numpy on the workers
         tags, version = tagger.tags_, tagger.version_
     else:
         imagenet = ImageNetTagger()
         head, tags, version = None, imagenet.tags_, f"{name}:{imagenet.version_}"
     log.info("tagging images with %s (%d tags)", version, len(tags))
+    tagged = spark.sparkContext.accumulator(0)  # photos done, as the tasks finish
 
     def tag_partition(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         backbone = None
         for batch in batches:
             backbone = backbone or _backbone(name, weights_cache)
-            paths = [os.path.join(data_dir, p) for p in batch["image_path"]]
-            embedded = backbone.embed(paths)
+            embedded = backbone.embed_images(list(zip(batch["image_path"], batch["content"])))
             if head is None:
                 probability = ImageNetTagger().predict_proba_from_logits(embedded.logits)
             else:
                 probability = 1.0 / (1.0 + np.exp(-(embedded.vectors @ head[0] + head[1])))
-            by_path = dict(zip(paths, batch["content_hash"]))
+            by_path = dict(zip(batch["image_path"], map(content_hash, batch["content"])))
             rows = [(by_path[p], version, tag, prob, rank + 1, None)
                     for p, best in zip(embedded.paths, top_tags(probability, tags, k))
                     for rank, (tag, prob) in enumerate(best)]
             rows += [(by_path[f.path], version, None, None, None, f.reason) for f in embedded.failures]
+            tagged.add(len(batch))
             yield pd.DataFrame(rows, columns=["content_hash", "model_version", "tag", "probability",
                                               "rank", "failure"])
 
     def hash_partition(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         for batch in batches:
-            hashes = [content_hash(os.path.join(data_dir, p)) for p in batch["image_path"]]
-            yield batch.assign(content_hash=hashes)
+            yield pd.DataFrame({"image_path": batch["image_path"],
+                                "content_hash": [content_hash(c) for c in batch["content"]]})
 
     images = sale_images.select("sale_id", "image_path")
-    hashed = images.select("image_path").distinct().mapInPandas(
-        hash_partition, "image_path string, content_hash string").cache()
+    located, missing = locate_photos(spark, data_dir, sorted(
+        r["image_path"] for r in images.select("image_path").distinct().collect()))
+    hashed = read_photos(spark, located).mapInPandas(hash_partition, "image_path string, content_hash string").cache()
     known = (cache.filter(F.col("model_version") == version) if cache is not None
-             else hashed.sparkSession.createDataFrame([], TAG_SCHEMA))
-    todo = (hashed.filter(F.col("content_hash").isNotNull())
-            .join(known.select("content_hash").distinct(), "content_hash", "left_anti")
-            .dropDuplicates(["content_hash"]))
-    partitions = max(1, int(config["spark"]["scoring_partitions"]))
-    fresh = todo.repartition(partitions).mapInPandas(tag_partition, TAG_SCHEMA).cache()
-    n_fresh = fresh.select("content_hash").distinct().count()
-    log.info("%d images tagged now, the others from the cache", n_fresh)
+             else spark.createDataFrame([], TAG_SCHEMA))
+    todo = [r["image_path"] for r in hashed.join(known.select("content_hash").distinct(), "content_hash", "left_anti")
+            .dropDuplicates(["content_hash"]).select("image_path").collect()]
+    # partitions of at most a few hundred photos: a worker holds one partition's bytes at a time
+    partitions = max(1, int(config["spark"]["scoring_partitions"]), -(-len(todo) // PHOTOS_PER_PARTITION))
+    log.info("%d of %d photos to tag, the others from the cache", len(todo), len(located))
+    fresh = (read_photos(spark, {p: located[p] for p in todo}).repartition(partitions, "image_path")
+             .mapInPandas(tag_partition, TAG_SCHEMA).cache())
+    with _progress(lambda: log.info("photos tagged so far: %d of %d", tagged.value, len(todo))):
+        n_fresh = fresh.select("content_hash").distinct().count()
+    log.info("%d photos tagged now", n_fresh)
     all_tags = known.unionByName(fresh)
-    missing = hashed.filter(F.col("content_hash").isNull()).select(
-        "image_path", F.lit("file not found").alias("failure"))
+    not_found = spark.createDataFrame([(p, "file not found") for p in missing], "image_path string, failure string")
     failed = hashed.join(all_tags.filter(F.col("failure").isNotNull()), "content_hash").select(
-        "image_path", "failure").unionByName(missing).toPandas()
+        "image_path", "failure").unionByName(not_found).toPandas()
     tags_df = (images.join(hashed, "image_path")
                .join(all_tags.filter(F.col("failure").isNull()), "content_hash")
                .select("sale_id", "image_path", "tag", "probability", "rank", "model_version"))

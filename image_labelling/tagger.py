@@ -8,6 +8,7 @@ ImageNet classes serve as tags (:class:`ImageNetTagger`).
 from __future__ import annotations
 
 import hashlib
+import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,22 +47,29 @@ class Backbone:
         network = load_backbone(name, cache_dir)
         self.model_ = keras.Model(network.input, [network.get_layer("embedding").output, network.output])
 
-    def read(self, paths: list[str]) -> tuple[list[str], np.ndarray, list[ImageFailure]]:
-        """Decode and preprocess the images; unreadable ones are reported, not raised."""
+    def decode(self, images: list[tuple[str, bytes | None]]) -> tuple[list[str], np.ndarray, list[ImageFailure]]:
+        """Decode and preprocess ``(name, content)`` pairs (content None: the file was not
+        found); unreadable ones are reported, not raised."""
         from PIL import Image, UnidentifiedImageError
 
         ok, arrays, failures = [], [], []
-        for path in paths:
+        for name, content in images:
+            if content is None:
+                failures.append(ImageFailure(str(name), "file not found"))
+                continue
             try:
-                with Image.open(path) as image:
+                with Image.open(io.BytesIO(content)) as image:
                     arrays.append(preprocess(image, self.image_size))
-                ok.append(path)
-            except FileNotFoundError:
-                failures.append(ImageFailure(str(path), "file not found"))
+                ok.append(name)
             except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
-                failures.append(ImageFailure(str(path), f"not a readable image ({err})"))
+                failures.append(ImageFailure(str(name), f"not a readable image ({err})"))
         shape = (0, self.image_size, self.image_size, 3)
         return ok, np.stack(arrays) if arrays else np.zeros(shape, np.float32), failures
+
+    def read(self, paths: list[str]) -> tuple[list[str], np.ndarray, list[ImageFailure]]:
+        """:meth:`decode` of local files (benchmarks and tests; the pipeline reads photos
+        through Spark)."""
+        return self.decode([(p, _local_bytes(p)) for p in paths])
 
     def embed_arrays(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if len(batch) == 0:
@@ -73,10 +81,11 @@ class Backbone:
             logits.append(np.asarray(lg))
         return np.concatenate(vectors), np.concatenate(logits)
 
-    def embed(self, paths: list[str]) -> Embeddings:
+    def embed_images(self, images: list[tuple[str, bytes | None]]) -> Embeddings:
+        """Embeddings of ``(name, content)`` pairs, in chunks of a few batches."""
         ok, vectors, logits, failures = [], [], [], []
-        for start in range(0, len(paths), self.batch_size * 4):
-            read, arrays, failed = self.read(paths[start:start + self.batch_size * 4])
+        for start in range(0, len(images), self.batch_size * 4):
+            read, arrays, failed = self.decode(images[start:start + self.batch_size * 4])
             v, lg = self.embed_arrays(arrays)
             ok += read
             vectors.append(v)
@@ -85,6 +94,18 @@ class Backbone:
         if not vectors:
             vectors, logits = [np.zeros((0, 1280), np.float32)], [np.zeros((0, 1000), np.float32)]
         return Embeddings(ok, np.concatenate(vectors), np.concatenate(logits), failures)
+
+    def embed(self, paths: list[str]) -> Embeddings:
+        """:meth:`embed_images` of local files (benchmarks and tests)."""
+        return self.embed_images([(p, _local_bytes(p)) for p in paths])
+
+
+def _local_bytes(path: str) -> bytes | None:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        return None
 
 
 class ImageTagger:

@@ -15,7 +15,6 @@ import json
 import logging
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -24,6 +23,7 @@ from pyspark.sql import functions as F
 from scipy import stats
 
 from ..conf import ConfigError
+from ..storage import FileSystem, join
 
 log = logging.getLogger("salerank")
 
@@ -78,16 +78,26 @@ def sample_ratio_check(users: dict[str, int], weights: dict[str, float]) -> dict
 
 def exposures(spark: SparkSession, out_dir: str, experiment: str):
     """``user_id, variant, first_night, last_night`` of every exported user, and the
-    experiment's weights as the last night's manifest recorded them."""
-    nights = sorted(p for p in Path(out_dir, "exports").glob(f"run_date=*/{experiment}") if p.is_dir())
-    published = [p for p in nights if Path(out_dir, "manifests", p.parent.name, "_SUCCESS").exists()]
-    if not published:
+    experiment's weights as the last night's manifest recorded them.
+
+    Only published nights (``_SUCCESS``) whose manifest lists the experiment count: an export
+    left behind by an older run of the night is not part of it."""
+    files = FileSystem(spark, out_dir)
+    nights = {}  # run_date=D -> the experiment as that night's manifest lists it
+    for night in files.names(join(out_dir, "manifests")):
+        folder = join(out_dir, "manifests", night)
+        if files.exists(join(folder, "_SUCCESS")):
+            listed = json.loads(files.read_text(join(folder, "manifest.json"))).get("experiments", {})
+            if experiment in listed:
+                nights[night] = listed[experiment]
+    if not nights:
         raise ConfigError(f"no published export of the experiment {experiment!r} under "
-                          f"{Path(out_dir, 'exports')}/run_date=*/{experiment}/")
-    manifest = json.loads(Path(out_dir, "manifests", published[-1].parent.name, "manifest.json").read_text())
-    weights = {v: spec["weight"] for v, spec in manifest["experiments"][experiment]["variants"].items()}
-    files = [str(f) for night in published for f in sorted(night.glob("*.jsonl"))]
-    lines = spark.read.schema("user_id string, variant string, run_date date").json(files)
+                          f"{join(out_dir, 'exports')}/run_date=*/{experiment}/ (no published night's "
+                          "manifest lists it)")
+    weights = {v: spec["weight"] for v, spec in nights[max(nights)]["variants"].items()}
+    paths = [join(out_dir, "exports", night, experiment, f"{variant}.jsonl")
+             for night, listed in sorted(nights.items()) for variant in listed["variants"]]
+    lines = spark.read.schema("user_id string, variant string, run_date date").json(paths)
     users = lines.groupBy("user_id").agg(
         F.countDistinct("variant").alias("variants"), F.first("variant").alias("variant"),
         F.min("run_date").alias("first_night"), F.max("run_date").alias("last_night"))
@@ -95,7 +105,7 @@ def exposures(spark: SparkSession, out_dir: str, experiment: str):
     if switched:
         raise ConfigError(f"experiment {experiment!r}: user {switched[0]['user_id']!r} was exported in "
                           "more than one variant (was the salt or a weight changed mid-experiment?)")
-    return users.drop("variants"), weights, [p.parent.name.split("=", 1)[1] for p in published]
+    return users.drop("variants"), weights, [n.split("=", 1)[1] for n in sorted(nights)]
 
 
 def per_user_outcomes(users, tables, window_days: int):

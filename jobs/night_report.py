@@ -18,11 +18,11 @@ import base64
 import html
 import io
 import logging
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from PIL import Image
+from py4j.protocol import Py4JJavaError
 from pyspark.sql import functions as F
 
 from ..features.history import ScoringContext
@@ -30,6 +30,7 @@ from ..features.themes import Themes, theme_table
 from ..metamodel.ranking import METAMODEL
 from ..recommenders.base import UserHistory
 from ..recommenders.image_themes import ImageThemes
+from ..storage import FileSystem, join
 
 log = logging.getLogger("salerank")
 
@@ -47,11 +48,11 @@ def sample_users(ranked, n: int, seed: int) -> list[str]:
 class Photos:
     """Each sale's first photo as an inline thumbnail (a placeholder when unreadable)."""
 
-    def __init__(self, sale_images: pd.DataFrame, data_dir: str):
+    def __init__(self, sale_images: pd.DataFrame, files: FileSystem, data_dir: str):
         order = [c for c in ("position", "image_path") if c in sale_images.columns]
         self.first = sale_images.sort_values(["sale_id", *order]).drop_duplicates("sale_id") \
             .set_index("sale_id")["image_path"]
-        self.data_dir = Path(data_dir)
+        self.files, self.data_dir = files, data_dir  # the driver reads the few photos it shows
         self._cache: dict[str, str] = {}
 
     def img(self, image_path: str | None, alt: str) -> str:
@@ -59,14 +60,15 @@ class Photos:
             return f'<div class="photo missing">{html.escape(alt)}</div>'
         if image_path not in self._cache:
             try:
-                with Image.open(self.data_dir / image_path) as image:
+                content = self.files.read_bytes(join(self.data_dir, image_path))
+                with Image.open(io.BytesIO(content)) as image:
                     image = image.convert("RGB")
                     image.thumbnail((THUMBNAIL, THUMBNAIL))
                     buffer = io.BytesIO()
                     image.save(buffer, "JPEG", quality=80)
                 self._cache[image_path] = base64.b64encode(buffer.getvalue()).decode()
-            except (OSError, ValueError) as err:
-                log.warning("report: photo %s not shown: %s", image_path, err)
+            except (OSError, ValueError, Py4JJavaError) as err:  # Py4J: not found, unreadable
+                log.warning("report: photo %s not shown: %s", image_path, str(err).splitlines()[0])
                 self._cache[image_path] = ""
         data = self._cache[image_path]
         if not data:
@@ -98,7 +100,7 @@ def night_report(context: ScoringContext, tables, ranked, themes: Themes | None,
     """The report's HTML (see the module docstring)."""
     users = sample_users(ranked, n_users, seed) if n_users else []
     images = tables.sale_images.toPandas()
-    photos = Photos(images, data_dir)
+    photos = Photos(images, FileSystem(tables.sales.sparkSession, data_dir), data_dir)
     sales = context.catalog.sales.set_index("sale_id")
     lists = ranked.filter(F.col("user_id").isin(users)).toPandas() if users else pd.DataFrame(
         columns=["strategy", "user_id", "rank", "sale_id", "score"])

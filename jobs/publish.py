@@ -64,10 +64,13 @@ class Night:
     ``manifests/run_date=D/{manifest.json,_SUCCESS}`` in last. A night is published when its
     ``_SUCCESS`` exists. A crash before the journal leaves every published output as it was
     (the staging is deleted by the next run of the date); a crash after it is rolled forward
-    by the next run of the date, which first finishes the interrupted commit.
+    by the next run of the date, which first finishes the interrupted commit. The date's
+    outputs of parts this run did not stage are withdrawn in the same commit.
     """
 
     JOURNAL = "_COMMIT"
+    # every part a night may publish under OUT/<part>/run_date=D
+    PARTS = ("recommendations", "exports", "image_tags", "themes", "reports", "manifests")
 
     def __init__(self, spark, out_dir: str, run_date):
         self.spark, self.run_date = spark, run_date
@@ -90,12 +93,15 @@ class Night:
         journal = self.files.path(staging, self.JOURNAL)
         if self.files.fs.exists(journal):
             log.warning("%s: finishing the commit of an interrupted run", staging)
-            self._move_in(staging, [s.getPath().getName() for s in self._listing(staging)
-                                    if not s.getPath().getName().startswith("_")])
+            listed = self.files.read_text(journal)
+            self._move_in(staging, json.loads(listed) if listed else [  # an older run's empty journal
+                s.getPath().getName() for s in self._listing(staging) if not s.getPath().getName().startswith("_")])
         self.files.fs.delete(staging, True)
 
     def staged(self, part: str, *inner: str) -> str:
-        """Where to write part ``part`` (``recommendations``, ``exports``, ...) before the commit."""
+        """Where to write part ``part`` (one of ``PARTS``) before the commit."""
+        if part not in self.PARTS:
+            raise ValueError(f"{part}: not a part of a night ({', '.join(self.PARTS)})")
         if part not in self.parts:
             self.parts.append(part)
         return "/".join([self.files.path(self.staging, part).toString(), *inner])
@@ -142,17 +148,22 @@ class Night:
         stream.write(bytearray(json.dumps({**manifest, "outputs": self.outputs}, indent=2, sort_keys=True).encode()))
         stream.close()
         self.files.fs.create(self.files.path(staged_marker, "_SUCCESS")).close()
-        self.files.fs.create(self.files.path(self.staging, self.JOURNAL)).close()  # from here on, roll forward
+        # from here on, roll forward; the journal lists the parts, which leave the staging one by one
+        self.files.create_new(self.files.path(self.staging, self.JOURNAL), json.dumps(self.parts).encode())
         self._move_in(self.staging, self.parts)
         self.files.fs.delete(self.staging, True)
         return self.files.path(self.out, "manifests", self.name).toString()
 
     def _move_in(self, staging, parts: list[str]) -> None:
-        """Move each staged part of ``staging`` into place; the night's marker last."""
+        """Move each staged part of ``staging`` into place and withdraw the date's outputs of
+        the parts it did not produce (an ended experiment's exports, tags once images are
+        off): the night is then exactly what its manifest lists. The night's marker last."""
         if not self.files.fs.exists(self.files.path(staging, "manifests")):
             return  # the marker, moved in last, is in place: the commit had finished
         # the date is being replaced: not complete until its marker is back
         self.files.fs.delete(self.files.path(self.out, "manifests", self.name), True)
+        for part in sorted(set(self.PARTS) - set(parts)):
+            self.files.delete(self.files.path(self.out, part, self.name))
         for part in [p for p in parts if p != "manifests"] + ["manifests"]:
             source = self.files.path(staging, part)
             if self.files.fs.exists(source):  # else: moved in before the crash

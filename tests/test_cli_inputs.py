@@ -1,5 +1,6 @@
 """Broken inputs through the command line: each gets a clear message naming the file,
 column and value, exit status 2, no stack trace, and nothing published."""
+import datetime as dt
 import shutil
 
 import pandas as pd
@@ -123,3 +124,19 @@ def test_missing_data_folder_and_bad_configuration(data, tmp_path, world, conf_f
     err = capsys.readouterr().err
     assert code == 2 and "no published export of the experiment 'x'" in err
     assert not (tmp_path / "out" / "manifests").exists()
+
+
+def test_a_stalled_feed_stops_the_night_unless_allowed(data, tmp_path, world, conf_file, capsys):
+    """Three days after the newest event (max_data_lag_days: 2): exit 2 naming both tables and
+    their newest event; --allow-stale goes on (and stops later: no model is registered here)."""
+    late = str(world.last_date + dt.timedelta(days=3))
+    newest = pd.to_datetime(world.visits["ts"]).max()
+    args = ["nightly", "--data", str(data), "--date", late, "--out", str(tmp_path / "out"), "--conf", str(conf_file)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert f"visits.csv, column 'ts': the newest event is at {newest}" in err
+    assert "purchases.csv, column 'ts'" in err and "--allow-stale" in err
+    assert main([*args, "--allow-stale"]) == 2
+    err = capsys.readouterr().err
+    assert "max_data_lag_days" not in err and "salerank train" in err

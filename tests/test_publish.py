@@ -93,3 +93,38 @@ def test_an_empty_export_is_an_empty_file(spark, tmp_path):
     night.commit({})
     assert entry["rows"] == 0
     assert (tmp_path / "exports" / f"run_date={DAY}" / "exp" / "control.jsonl").read_text() == ""
+
+
+def test_a_rerun_withdraws_the_outputs_it_no_longer_produces(spark, tmp_path):
+    """An experiment that has ended since the first run of the date: its exports go with
+    the same commit, so the night is exactly what its manifest lists. Other dates stay."""
+    publish_night(spark, tmp_path, 3)
+    other = Night(spark, str(tmp_path), DAY + dt.timedelta(days=1))
+    other.write_jsonl(spark.createDataFrame([('{"user_id": "u9"}',)], "value string"), "exports", "exp", "t.jsonl")
+    other.commit({})
+    rerun = Night(spark, str(tmp_path), DAY)
+    rerun.write_parquet(spark.range(2), "recommendations")
+    rerun.commit({"run_date": DAY.isoformat()})
+    manifest = json.loads((tmp_path / "manifests" / f"run_date={DAY}" / "manifest.json").read_text())
+    assert list(manifest["outputs"]) == [f"recommendations/run_date={DAY}"]
+    assert not (tmp_path / "exports" / f"run_date={DAY}").exists()
+    assert (tmp_path / "exports" / f"run_date={DAY + dt.timedelta(days=1)}" / "exp" / "t.jsonl").exists()
+    assert len(pd.read_parquet(tmp_path / "recommendations" / f"run_date={DAY}")) == 2
+    with pytest.raises(ValueError, match="not a part of a night"):
+        rerun.staged("typo")
+
+
+def test_paths_are_uris(spark, tmp_path):
+    """``file://`` URIs work wherever a path does, and a URI's authority survives a join."""
+    from salerank.storage import join
+
+    assert join("s3a://bucket", "out", "x") == "s3a://bucket/out/x"
+    assert join("hdfs://nn:8020/sales/", "/in") == "hdfs://nn:8020/sales/in"
+    assert join("/abs", "a") == "/abs/a" and join("rel", "a") == "rel/a"
+    uri = (tmp_path / "out").as_uri()
+    assert publish_parquet(spark.range(3), join(uri, "part")) == 3
+    files = FileSystem(spark, uri)
+    files.write_bytes(join(uri, "a", "b.json"), b"{}")
+    assert files.read_text(join(uri, "a", "b.json")) == "{}" and files.names(join(uri, "a")) == ["b.json"]
+    assert files.create_new(join(uri, "once"), b"1") and not files.create_new(join(uri, "once"), b"2")
+    assert files.read_text(join(uri, "once")) == "1"
