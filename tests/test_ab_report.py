@@ -41,3 +41,29 @@ def test_sample_ratio_mismatch():
     broken = sample_ratio_check({"a": 10000, "b": 10600}, {"a": 1, "b": 1})  # a lost 3 % of its users
     assert broken["p_value"] < 0.001 and broken["mismatch"]
     assert broken["expected_share"] == {"a": 0.5, "b": 0.5}
+
+
+def test_only_nights_whose_manifest_lists_the_experiment_are_read(spark, tmp_path):
+    """An export left beside a night whose manifest does not list the experiment (written by
+    hand here, as an older run or a crashed tool might leave it) is not counted."""
+    import datetime as dt
+    import json
+
+    from salerank.jobs.ab_report import exposures
+    from salerank.jobs.publish import Night
+
+    out = (tmp_path / "out").as_uri()  # any Hadoop URI
+    listed = {"exp": {"salt": "s", "variants": {"a": {"strategy": "popularity", "weight": 1, "users": 1},
+                                                "b": {"strategy": "metamodel", "weight": 1, "users": 1}}}}
+    night = Night(spark, out, dt.date(2025, 1, 1))
+    for variant, user in (("a", "u1"), ("b", "u2")):
+        line = json.dumps({"user_id": user, "variant": variant, "run_date": "2025-01-01"})
+        night.write_jsonl(spark.createDataFrame([(line,)], "value string"), "exports", "exp", f"{variant}.jsonl")
+    night.commit({"experiments": listed})
+    Night(spark, out, dt.date(2025, 1, 2)).commit({"experiments": {}})
+    stray = tmp_path / "out" / "exports" / "run_date=2025-01-02" / "exp"
+    stray.mkdir(parents=True)
+    (stray / "a.jsonl").write_text(json.dumps({"user_id": "u3", "variant": "a", "run_date": "2025-01-02"}) + "\n")
+    users, weights, nights = exposures(spark, out, "exp")
+    assert nights == ["2025-01-01"] and weights == {"a": 1, "b": 1}
+    assert sorted(r.user_id for r in users.collect()) == ["u1", "u2"]

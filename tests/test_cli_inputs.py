@@ -140,3 +140,15 @@ def test_a_stalled_feed_stops_the_night_unless_allowed(data, tmp_path, world, co
     assert main([*args, "--allow-stale"]) == 2
     err = capsys.readouterr().err
     assert "max_data_lag_days" not in err and "salerank train" in err
+
+
+@pytest.mark.parametrize("command", ["nightly", "train"])
+def test_a_remote_out_without_a_tracking_store_stops_before_any_work(command, data, world, conf_file, capsys):
+    """A SQLite store "under" hdfs:// would be lost with the container: say how to set one.
+    (Nothing listens on port 1: any attempt to work there would fail differently.)"""
+    code = main([command, "--data", str(data), "--date", str(world.last_date), "--out",
+                 "hdfs://127.0.0.1:1/sales/out", "--conf", str(conf_file)])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert "hdfs://127.0.0.1:1/sales/out is not on the local file system" in err
+    assert "MLFLOW_TRACKING_URI" in err and "tracking_uri" in err
