@@ -32,6 +32,7 @@ from ..features.loading import load_tables
 from ..metamodel.evaluation import PER_USER, per_user_metrics
 from ..metamodel.ranking import METAMODEL
 from ..metamodel.training import TrainingDataError
+from .lease import hold
 from .pipeline import Stages, fit_metamodel, rank_users, run_image_stage
 from .publish import publish_parquet
 from .tracking import start_run
@@ -98,14 +99,17 @@ def evaluated_users(context: ScoringContext, truth: pd.DataFrame, users: str, lo
 
 def run_backtest(spark: SparkSession, data_dir: str, start: dt.date, end: dt.date, out_dir: str,
                  config: dict, truth_days: int = 1, users: str = "active",
-                 new_sale_days: int = 2) -> BacktestResult:
-    """Replay every date of ``[start, end]``; see the module docstring."""
+                 new_sale_days: int = 2, wait: bool = False) -> BacktestResult:
+    """Replay every date of ``[start, end]``; see the module docstring. Holds the lease
+    ``backtest`` of ``out_dir`` (``wait``: wait for its holder instead of raising
+    ``LeaseHeldError``)."""
     if end < start:
         raise ValueError(f"the backtest ends ({end}) before it starts ({start})")
     if users not in USER_SETS:
         raise ValueError(f"users must be one of {USER_SETS}, not {users!r}")
     k, stages = config["top_k"], Stages()
-    with start_run(config, out_dir, run_name=f"backtest {start}..{end}") as parent:
+    with (hold(spark, out_dir, "backtest", config, wait=wait),
+          start_run(config, out_dir, run_name=f"backtest {start}..{end}") as parent):
         mlflow.log_params({**flatten(config), "data_dir": str(data_dir), "start": str(start),
                            "end": str(end), "truth_days": truth_days, "users": users,
                            "new_sale_days": new_sale_days})

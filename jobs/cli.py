@@ -1,7 +1,8 @@
 """The ``salerank`` command line.
 
-Exit status: 0 on success, 2 when the input data or configuration is at fault (the
-reason on stderr, nothing published), 1 on any other failure.
+Exit status: 0 on success, 2 when the input data or configuration is at fault or another
+run of the date holds its lease (the reason on stderr, nothing published), 1 on any other
+failure.
 """
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ from pathlib import Path
 from ..conf import ConfigError, load_config
 from ..features.loading import DataValidationError
 from ..metamodel.training import TrainingDataError
+from .lease import LeaseHeldError
 
-INPUT_ERRORS = (DataValidationError, ConfigError, TrainingDataError)
+INPUT_ERRORS = (DataValidationError, ConfigError, TrainingDataError, LeaseHeldError)
 
 
 def _date(text: str) -> dt.date:
@@ -58,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     nightly.add_argument("--date", required=True, type=_date, help="run date, YYYY-MM-DD")
     nightly.add_argument("--out", required=True, help="output folder")
     nightly.add_argument("--conf", help="YAML configuration merged over conf/default.yaml")
+    nightly.add_argument("--wait", action="store_true",
+                         help="wait for another run of the same date to finish instead of exiting 2")
 
     train = commands.add_parser(
         "train", help="train the meta-model and register it in the MLflow model registry",
@@ -70,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", required=True, help="output folder (holds the default MLflow store)")
     train.add_argument("--alias", help="alias to move to the new version (default: none)")
     train.add_argument("--conf", help="YAML configuration merged over conf/default.yaml")
+    train.add_argument("--wait", action="store_true",
+                       help="wait for another run holding OUT's image cache to finish instead of exiting 2")
 
     backtest = commands.add_parser(
         "backtest", help="replay a range of dates and measure every model",
@@ -89,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     backtest.add_argument("--new-sale-days", type=int, default=2,
                           help="a sale counts as new in its first N days, for the breakdown (default 2)")
     backtest.add_argument("--conf", help="YAML configuration merged over conf/default.yaml")
+    backtest.add_argument("--wait", action="store_true",
+                          help="wait for another backtest into the same OUT to finish instead of exiting 2")
 
     label = commands.add_parser(
         "label-next", help="propose the next photos to hand-label (active learning)",
@@ -145,7 +153,7 @@ def run_nightly_command(args) -> int:
     from .spark import get_spark
 
     config = _config_and_data(args)
-    result = run_nightly(get_spark(config), args.data, args.date, args.out, config)
+    result = run_nightly(get_spark(config), args.data, args.date, args.out, config, wait=args.wait)
     print(f"{result.rows} recommendations for {result.active_users} users with {result.model_version} "
           f"in {result.output}; manifest in {result.manifest}")
     print("stages: " + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in result.timings.items())
@@ -158,7 +166,8 @@ def run_train_command(args) -> int:
     from .spark import get_spark
 
     config = _config_and_data(args)
-    result = run_training(get_spark(config), args.data, args.date, args.out, config, args.alias)
+    result = run_training(get_spark(config), args.data, args.date, args.out, config, args.alias,
+                          wait=args.wait)
     print(f"registered {result.model_version}" + (f" with alias {args.alias!r}" if args.alias else ""))
     return 0
 
@@ -207,7 +216,7 @@ def run_backtest_command(args) -> int:
     if args.truth_days < 1 or args.new_sale_days < 1:
         raise ConfigError("--truth-days and --new-sale-days must be at least 1")
     result = run_backtest(get_spark(config), args.data, args.start, args.end, args.out, config,
-                          args.truth_days, args.users, args.new_sale_days)
+                          args.truth_days, args.users, args.new_sale_days, wait=args.wait)
     print(overall_table(result.metrics).to_string(float_format=lambda v: f"{v:.4f}"))
     print(f"metrics in {Path(args.out) / 'metrics.json'}; recommendations in "
           f"{Path(args.out) / 'recommendations'}")
@@ -287,3 +296,7 @@ def run_label_next(args) -> int:
     table = pd.DataFrame({"image_path": np.array(relative)[best], "score": scores[best]})
     table.to_csv(args.out or sys.stdout, index=False)
     return 0
+
+
+if __name__ == "__main__":  # python -m salerank.jobs.cli, as the end-to-end tests start it
+    sys.exit(main())

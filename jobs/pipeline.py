@@ -33,6 +33,7 @@ from ..metamodel.features import signals_from_config
 from ..metamodel.training import TrainingDataError, feature_names, train_metamodel, training_examples
 from ..recommenders.scoring import score_users
 from .experiments import export_lines, parse_experiments
+from .lease import hold
 from .night_report import night_report
 from .publish import Night, PublishError, publish_parquet
 from .registry import load_metamodel, register_metamodel
@@ -100,11 +101,14 @@ def _load(spark, data_dir, config, stages):
 
 
 def run_training(spark: SparkSession, data_dir: str, as_of: dt.date, out_dir: str, config: dict,
-                 alias: str | None = None) -> TrainingResult:
+                 alias: str | None = None, wait: bool = False) -> TrainingResult:
     """Train the meta-model on the days before ``as_of`` and register it as a new version of
-    ``registry.model_name``, moving ``alias`` to it when given."""
+    ``registry.model_name``, moving ``alias`` to it when given. Holds the lease ``image_cache``
+    (training writes the image cache): ``wait`` waits for its holder instead of raising
+    ``LeaseHeldError``."""
     stages = Stages()
-    with start_run(config, out_dir, run_name=f"train {as_of}") as run:
+    with (hold(spark, out_dir, "image_cache", config, wait=wait),
+          start_run(config, out_dir, run_name=f"train {as_of}") as run):
         mlflow.log_params({**flatten(config), "data_dir": str(data_dir), "as_of": str(as_of)})
         tables, catalog, with_images = _load(spark, data_dir, config, stages)
         if with_images:
@@ -119,20 +123,25 @@ def run_training(spark: SparkSession, data_dir: str, as_of: dt.date, out_dir: st
 
 
 def run_nightly(spark: SparkSession, data_dir: str, run_date: dt.date, out_dir: str,
-                config: dict, keep_rankings: bool = False) -> NightlyResult:
+                config: dict, keep_rankings: bool = False, wait: bool = False) -> NightlyResult:
     """Recommend, for every user active before ``run_date``, the top sales open on it, with
     the registered meta-model that carries ``registry.alias``; export the A/B experiments
     running that night. Every output of the night is published together (see ``Night``).
 
     ``keep_rankings`` also returns every strategy's top-k (the meta-model and each
     recommender alone) as pandas: for small worlds, tests and the demo.
+
+    The run holds the lease ``nightly-run_date=D`` throughout (``jobs/lease.py``): another
+    live run of the date raises ``LeaseHeldError``, or with ``wait`` is waited for.
     """
-    night = Night(spark, out_dir, run_date)
-    try:
-        return _nightly(spark, data_dir, run_date, out_dir, config, keep_rankings, night)
-    except BaseException:
-        night.abandon()  # nothing of this run was published
-        raise
+    # taken before Night: its crash recovery must only ever see the staging of dead runs
+    with hold(spark, out_dir, f"nightly-run_date={run_date.isoformat()}", config, wait=wait):
+        night = Night(spark, out_dir, run_date)
+        try:
+            return _nightly(spark, data_dir, run_date, out_dir, config, keep_rankings, night)
+        except BaseException:
+            night.abandon()  # nothing of this run was published
+            raise
 
 
 def _nightly(spark, data_dir, run_date, out_dir, config, keep_rankings, night) -> NightlyResult:

@@ -53,6 +53,7 @@ class FileSystem:
 
     def __init__(self, spark, path: str):
         self.jvm = spark.sparkContext._jvm
+        self._gateway = spark.sparkContext._gateway
         self.fs = self.path(path).getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
         self.fs.setWriteChecksum(False)  # no hidden .crc beside the files handed to the website
 
@@ -98,27 +99,52 @@ class FileSystem:
         never sees half of it."""
         target = self.path(path)
         staged = self.path(target.getParent(), f"_tmp-{target.getName()}-{uuid.uuid4().hex[:12]}")
-        stream = self.fs.create(staged, True)
-        try:
-            stream.write(bytearray(content))
-        finally:
-            stream.close()
+        _fill(self.fs.create(staged, True), content)
         self.replace(staged, target)
 
     def create_new(self, path, content: bytes) -> bool:
-        """Create ``path`` with ``content`` only if it does not exist yet (atomic on HDFS and
-        the local file system); False when it already existed."""
+        """Create ``path`` with ``content`` only if it does not exist yet; False when it
+        already existed. Atomic on HDFS and the local file system: of two callers at once,
+        exactly one gets True (on S3A only with conditional writes)."""
         try:
+            if self.fs.getScheme() == "file":
+                self._create_new_local(self.path(path), content)
+                return True
             stream = self.fs.create(self.path(path), False)
         except Exception as err:  # py4j wraps FileAlreadyExistsException
             if "FileAlreadyExists" in str(err) or "already exists" in str(err):
                 return False
             raise
-        try:
-            stream.write(bytearray(content))
-        finally:
-            stream.close()
+        _fill(stream, content)
         return True
+
+    def _create_new_local(self, path, content: bytes) -> None:
+        """Hadoop's local ``create(path, false)`` checks that the file is absent, then opens it
+        truncating: two callers can both succeed. An exclusive create (``O_EXCL``) cannot."""
+        self.fs.mkdirs(path.getParent())
+        nio = self.jvm.java.nio.file
+        options = self._gateway.new_array(nio.OpenOption, 2)
+        options[0], options[1] = nio.StandardOpenOption.CREATE_NEW, nio.StandardOpenOption.WRITE
+        nio.Files.write(self.fs.pathToFile(path).toPath(), bytearray(content), options)
+
+    def overwrite(self, path, content: bytes) -> None:
+        """Rewrite a file in place: unlike :meth:`write_bytes` the path never stops existing
+        (no one can create it in between), but a reader may see it half written."""
+        _fill(self.fs.create(self.path(path), True), content)
+
+    def rename(self, source, target) -> bool:
+        """Move ``source`` to ``target`` in one step; False when ``source`` is gone (another
+        caller moved it first)."""
+        try:
+            return bool(self.fs.rename(self.path(source), self.path(target)))
+        except Exception as err:  # the local file system falls back to a copy, which raises
+            if "FileNotFound" in str(err):
+                return False
+            raise
+
+    def modified(self, path) -> float:
+        """The time ``path`` was last written, in seconds since the epoch."""
+        return self.fs.getFileStatus(self.path(path)).getModificationTime() / 1000
 
     def delete(self, path, recursive: bool = True) -> None:
         if self.fs.exists(self.path(path)):
@@ -146,3 +172,11 @@ class FileSystem:
                 self.fs.rename(old, target)
             raise OSError(f"{target}: could not move the new version into place")
         self.fs.delete(old, True)
+
+
+def _fill(stream, content: bytes) -> None:
+    """Write ``content`` to a Hadoop output stream and close it."""
+    try:
+        stream.write(bytearray(content))
+    finally:
+        stream.close()
