@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import logging
 import sys
 from pathlib import Path
 
@@ -129,23 +128,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .console import console
+
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="salerank: %(message)s", stream=sys.stderr)
-    try:
-        if args.command == "demo":
-            return run_demo(args)
-        if args.command == "label-next":
-            return run_label_next(args)
-        if args.command == "backtest":
-            return run_backtest_command(args)
-        if args.command == "train":
-            return run_train_command(args)
-        if args.command == "ab":
-            return run_ab_report(args)
-        return run_nightly_command(args)
-    except INPUT_ERRORS as err:
-        print(f"salerank {args.command}: error: {err}", file=sys.stderr)
-        return 2
+    out = None if args.command == "label-next" else args.out  # label-next's --out is its CSV
+    with console(args.command, out):  # salerank's lines and errors; the rest to a log file
+        try:
+            if args.command == "demo":
+                return run_demo(args)
+            if args.command == "label-next":
+                return run_label_next(args)
+            if args.command == "backtest":
+                return run_backtest_command(args)
+            if args.command == "train":
+                return run_train_command(args)
+            if args.command == "ab":
+                return run_ab_report(args)
+            return run_nightly_command(args)
+        except INPUT_ERRORS as err:
+            print(f"salerank {args.command}: error: {err}", file=sys.stderr)
+            return 2
 
 
 def run_nightly_command(args) -> int:
