@@ -32,6 +32,7 @@ from ..features.loading import load_tables
 from ..metamodel.evaluation import PER_USER, per_user_metrics
 from ..metamodel.ranking import METAMODEL
 from ..metamodel.training import TrainingDataError
+from ..recommenders.scoring import released
 from .lease import hold
 from .pipeline import Stages, fit_metamodel, rank_users, run_image_stage
 from .publish import publish_parquet
@@ -124,10 +125,16 @@ def run_backtest(spark: SparkSession, data_dir: str, start: dt.date, end: dt.dat
         prototypes = recs.from_config(config, with_images=with_images)
         examples_cache: dict = {}
         per_user, per_day_coverage, skipped = [], [], {}
-        for day in _dates(start, end):
+        dates = _dates(start, end)
+        for i, day in enumerate(dates, 1):
+            log.info("backtest day %d of %d (%s)", i, len(dates), day)
             with stages(f"day {day}"):
                 reason = _replay_day(tables, catalog, prototypes, day, out_dir, config, truth_days,
                                      users, new_sale_days, examples_cache, per_user, per_day_coverage)
+            # the next date trains on the train_days days before it: older days are done with
+            first = day + dt.timedelta(days=1 - config["metamodel"]["train_days"])
+            for done in [d for d in examples_cache if d < first]:
+                del examples_cache[done]
             if reason:
                 skipped[str(day)] = reason
                 log.warning("backtest %s skipped: %s", day, reason)
@@ -150,26 +157,19 @@ def _replay_day(tables, catalog, prototypes, day, out_dir, config, truth_days, u
     if len(context.open_idx) == 0:
         return "no sales open"
     truth = truth_window(tables, catalog, day, truth_days)
-    ranked_users = evaluated_users(context, truth, users, config["active_lookback_days"]).cache()
-    try:
-        if ranked_users.count() == 0:
-            return "no users to rank"
+    with released():  # the day's broadcast state goes with its frames, on failure as on success
+        ranked_users = evaluated_users(context, truth, users, config["active_lookback_days"]).cache()
         try:
-            model, _, _ = fit_metamodel(tables, catalog, prototypes, day, config, examples_cache)
-        except TrainingDataError as err:
-            return f"meta-model not trainable: {err}"
-        ranked = rank_users(context, prototypes, model, ranked_users, config).cache()
-        for strategy in (METAMODEL, *[r.name for r in prototypes]):
-            version = model.version_ if strategy == METAMODEL else strategy
-            publish_parquet(ranked.filter(F.col("strategy") == strategy).select(
-                "user_id", "rank", "sale_id", "score", F.lit(version).alias("model_version")),
-                str(Path(out_dir) / "recommendations" / f"model={strategy}" / f"run_date={day}"))
-        buyers = spark_frame(ranked, truth[["user_id"]].drop_duplicates())
-        recommended = ranked.join(buyers, "user_id").toPandas() if len(truth) else ranked.limit(0).toPandas()
-        lists = ranked.groupBy("strategy").agg(F.countDistinct("sale_id").alias("sales")).toPandas()
-        ranked.unpersist()
-    finally:
-        ranked_users.unpersist()
+            if ranked_users.count() == 0:
+                return "no users to rank"
+            try:
+                model, _, _ = fit_metamodel(tables, catalog, prototypes, day, config, examples_cache)
+            except TrainingDataError as err:
+                return f"meta-model not trainable: {err}"
+            recommended, lists = _rank_and_publish(context, prototypes, model, ranked_users, truth,
+                                                   out_dir, config)
+        finally:
+            ranked_users.unpersist()
     for strategy, sales in zip(lists["strategy"], lists["sales"]):
         per_day_coverage.append((day, strategy, sales / len(context.open_idx)))
     truth = truth[truth["user_id"].isin(set(recommended["user_id"]))]  # users ranked that day
@@ -177,6 +177,24 @@ def _replay_day(tables, catalog, prototypes, day, out_dir, config, truth_days, u
         rows = per_user_metrics(recommended, part, config["top_k"])
         per_user.append(rows.assign(day=day, segment=segment))
     return None
+
+
+def _rank_and_publish(context, prototypes, model, users, truth, out_dir, config):
+    """Publish every strategy's top-k of ``users`` on the context's day; return (pandas) the
+    rankings of the truth's buyers and the number of distinct sales each strategy listed."""
+    ranked = rank_users(context, prototypes, model, users, config).cache()
+    try:
+        for strategy in (METAMODEL, *[r.name for r in prototypes]):
+            version = model.version_ if strategy == METAMODEL else strategy
+            publish_parquet(ranked.filter(F.col("strategy") == strategy).select(
+                "user_id", "rank", "sale_id", "score", F.lit(version).alias("model_version")),
+                str(Path(out_dir) / "recommendations" / f"model={strategy}" / f"run_date={context.as_of}"))
+        buyers = spark_frame(ranked, truth[["user_id"]].drop_duplicates())
+        recommended = ranked.join(buyers, "user_id").toPandas() if len(truth) else ranked.limit(0).toPandas()
+        lists = ranked.groupBy("strategy").agg(F.countDistinct("sale_id").alias("sales")).toPandas()
+    finally:
+        ranked.unpersist()
+    return recommended, lists
 
 
 def spark_frame(like, frame: pd.DataFrame):

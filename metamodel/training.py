@@ -18,7 +18,7 @@ from pyspark.sql import functions as F
 from ..features.history import Catalog, ScoringContext, purchases_on
 from ..features.loading import Tables
 from ..recommenders import Recommender, fit_all
-from ..recommenders.scoring import Block, score_users
+from ..recommenders.scoring import Block, released, score_users
 from .features import rank_name, with_ranks
 from .model import MetaModel
 
@@ -90,7 +90,9 @@ def day_examples(tables: Tables, catalog: Catalog, scorers: list[Recommender], d
               .groupBy("user_id").agg(F.array_sort(F.collect_set("sale_idx")).alias("positives")))
     fitted = fit_all(scorers, context)
     emit = SampleExamples(day, negatives_per_purchase, seed, ranked, rank_depth)
-    return score_users(context, fitted, buyers, emit, examples_schema(scorers, ranked), partitions).toPandas()
+    with released():  # the day's fitted state is not needed once its examples are collected
+        return score_users(context, fitted, buyers, emit, examples_schema(scorers, ranked),
+                           partitions).toPandas()
 
 
 def training_examples(tables: Tables, catalog: Catalog, scorers: list[Recommender],

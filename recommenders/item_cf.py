@@ -17,6 +17,7 @@ the open sales are needed, each keeping its ``neighbours`` most similar sales: a
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 from pyspark.sql import Window
 from pyspark.sql import functions as F
@@ -67,25 +68,31 @@ class ItemCF(Recommender):
                  .withColumn("n", F.row_number().over(recent))
                  .filter(F.col("n") <= self.max_user_history)
                  .select("user_id", "sale_idx")).cache()
-        item_users = pairs.groupBy("sale_idx").agg(F.count(F.lit(1)).alias("users"))
-        open_pairs = (pairs.filter(F.col("sale_idx").isin([int(i) for i in context.open_idx]))
-                      .withColumnRenamed("sale_idx", "j"))
-        best = Window.partitionBy("j").orderBy(F.col("sim").desc(), F.col("i"))
-        similar = (pairs.withColumnRenamed("sale_idx", "i").join(open_pairs, "user_id")
-                   .filter(F.col("i") != F.col("j"))
-                   .groupBy("i", "j").agg(F.count(F.lit(1)).alias("both"))
-                   .join(item_users.withColumnRenamed("sale_idx", "i").withColumnRenamed("users", "n_i"), "i")
-                   .join(item_users.withColumnRenamed("sale_idx", "j").withColumnRenamed("users", "n_j"), "j")
-                   .withColumn("sim", self._similarity())
-                   .withColumn("rank", F.row_number().over(best))
-                   .filter(F.col("rank") <= self.neighbours)
-                   .select("i", "j", "sim").toPandas())
-        pairs.unpersist()
+        try:
+            similar = self._neighbours(pairs, context.open_idx)
+        finally:
+            pairs.unpersist()
         columns = np.searchsorted(context.open_idx, similar["j"].to_numpy())
         self.similarity_ = sp.csr_matrix(
             (similar["sim"].to_numpy(), (similar["i"].to_numpy(), columns)),
             shape=(len(context.catalog), len(context.open_idx)))
         return self
+
+    def _neighbours(self, pairs, open_idx) -> pd.DataFrame:
+        """``i, j, sim``: the most similar past sales ``i`` of each open sale ``j``."""
+        item_users = pairs.groupBy("sale_idx").agg(F.count(F.lit(1)).alias("users"))
+        open_pairs = (pairs.filter(F.col("sale_idx").isin([int(i) for i in open_idx]))
+                      .withColumnRenamed("sale_idx", "j"))
+        best = Window.partitionBy("j").orderBy(F.col("sim").desc(), F.col("i"))
+        return (pairs.withColumnRenamed("sale_idx", "i").join(open_pairs, "user_id")
+                .filter(F.col("i") != F.col("j"))
+                .groupBy("i", "j").agg(F.count(F.lit(1)).alias("both"))
+                .join(item_users.withColumnRenamed("sale_idx", "i").withColumnRenamed("users", "n_i"), "i")
+                .join(item_users.withColumnRenamed("sale_idx", "j").withColumnRenamed("users", "n_j"), "j")
+                .withColumn("sim", self._similarity())
+                .withColumn("rank", F.row_number().over(best))
+                .filter(F.col("rank") <= self.neighbours)
+                .select("i", "j", "sim").toPandas())
 
     def score(self, history: UserHistory) -> np.ndarray:
         weights = history.weighted(1.0, 0.0, self.half_life_days)

@@ -8,7 +8,9 @@ is the ``emit`` function's business, so training and nightly scoring share this 
 from __future__ import annotations
 
 import ctypes
+import logging
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -20,6 +22,8 @@ from pyspark.sql.pandas.types import to_arrow_schema
 
 from ..features.history import ScoringContext
 from .base import Recommender, UserHistory
+
+log = logging.getLogger("salerank")
 
 
 @dataclass(frozen=True)
@@ -47,11 +51,38 @@ EMIT_STEPS = ("emit",)
 # stay closer to the cache); smaller blocks pay more per-block Python.
 BLOCK_CELLS = 1_000_000
 
+_RELEASED: list[list] = []  # the broadcasts made in each open ``released`` block, innermost last
+
+
+@contextmanager
+def released():
+    """Destroy, on leaving the block (on failure as on success), the broadcast state of every
+    frame ``score_users`` returned inside it: a night or a backtest day, or one day's training
+    examples. Those frames, and anything cached from them, must not be used after it.
+
+    Without it a broadcast (the fitted recommenders, pickled on the driver and copied to every
+    executor) lives until Python and the JVM collect it: one per scored day, in a backtest.
+    """
+    made: list = []
+    _RELEASED.append(made)
+    try:
+        yield
+    finally:
+        _RELEASED.remove(made)
+        for shared in made:
+            try:
+                shared.destroy()
+            except Exception as err:  # a failed clean-up must not hide the block's own error
+                log.warning("a scoring broadcast could not be destroyed: %s", err)
+
 
 def score_users(context: ScoringContext, recommenders: list[Recommender], users: DataFrame,
                 emit: Emit, schema: str, partitions: int, timers: dict | None = None,
                 block_cells: int = BLOCK_CELLS) -> DataFrame:
     """Apply ``emit`` to every block of ``users`` scored by the fitted ``recommenders``.
+
+    The fitted recommenders are broadcast; the broadcast is destroyed on leaving the
+    enclosing ``released()`` block, if any.
 
     Parameters
     ----------
@@ -85,6 +116,8 @@ def score_users(context: ScoringContext, recommenders: list[Recommender], users:
         "widths": widths, "history_columns": history_columns,
         "schema": to_arrow_schema(spark.createDataFrame([], schema).schema),
     })
+    if _RELEASED:
+        _RELEASED[-1].append(shared)
 
     # Arrow batches in and out (mapInArrow): the histories' list columns become CSR matrices
     # from their offsets, and rows go back without a Python object per user or per row
