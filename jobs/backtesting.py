@@ -17,7 +17,6 @@ import json
 import logging
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -36,7 +35,8 @@ from ..recommenders.scoring import released
 from .lease import hold
 from .pipeline import Stages, fit_metamodel, rank_users, run_image_stage
 from .publish import publish_parquet
-from .tracking import start_run
+from ..storage import FileSystem, join
+from .tracking import start_run, tracking_uri
 
 log = logging.getLogger("salerank")
 
@@ -108,6 +108,7 @@ def run_backtest(spark: SparkSession, data_dir: str, start: dt.date, end: dt.dat
         raise ValueError(f"the backtest ends ({end}) before it starts ({start})")
     if users not in USER_SETS:
         raise ValueError(f"users must be one of {USER_SETS}, not {users!r}")
+    tracking_uri(config, out_dir)  # a remote OUT without a tracking store stops before any work
     k, stages = config["top_k"], Stages()
     with (hold(spark, out_dir, "backtest", config, wait=wait),
           start_run(config, out_dir, run_name=f"backtest {start}..{end}") as parent):
@@ -144,7 +145,8 @@ def run_backtest(spark: SparkSession, data_dir: str, start: dt.date, end: dt.dat
         metrics = _metrics_document(per_user, cover, k, start, end, truth_days, users,
                                     new_sale_days, skipped, [r.name for r in prototypes])
         per_day = _per_day_table(per_user, cover, k)
-        _write_json(metrics, Path(out_dir) / "metrics.json")
+        target = join(out_dir, "metrics.json")  # a reader sees the old file or the whole new one
+        FileSystem(spark, target).write_bytes(target, json.dumps(metrics, indent=2).encode())
         _log_to_mlflow(metrics, per_day, k)
         mlflow.log_metrics({f"seconds_{name.replace(' ', '_')}": s for name, s in stages.seconds.items()})
         return BacktestResult(metrics, per_day, str(out_dir), parent.info.run_id)
@@ -188,7 +190,7 @@ def _rank_and_publish(context, prototypes, model, users, truth, out_dir, config)
             version = model.version_ if strategy == METAMODEL else strategy
             publish_parquet(ranked.filter(F.col("strategy") == strategy).select(
                 "user_id", "rank", "sale_id", "score", F.lit(version).alias("model_version")),
-                str(Path(out_dir) / "recommendations" / f"model={strategy}" / f"run_date={context.as_of}"))
+                join(out_dir, "recommendations", f"model={strategy}", f"run_date={context.as_of}"))
         buyers = spark_frame(ranked, truth[["user_id"]].drop_duplicates())
         recommended = ranked.join(buyers, "user_id").toPandas() if len(truth) else ranked.limit(0).toPandas()
         lists = ranked.groupBy("strategy").agg(F.countDistinct("sale_id").alias("sales")).toPandas()
@@ -248,14 +250,6 @@ def _per_day_table(per_user: pd.DataFrame, cover: pd.DataFrame, k: int) -> pd.Da
     table = table.reset_index()
     return table.merge(cover.assign(segment="overall").rename(columns={"coverage": f"coverage@{k}"}),
                        on=["day", "strategy", "segment"], how="left")
-
-
-def _write_json(document: dict, path: Path) -> None:
-    """Write atomically: a reader sees the old file or the whole new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    partial.write_text(json.dumps(document, indent=2, sort_keys=False))
-    os.replace(partial, path)
 
 
 def _log_to_mlflow(metrics: dict, per_day: pd.DataFrame, k: int) -> None:

@@ -15,6 +15,7 @@ from ..conf import ConfigError, load_config
 from ..features.loading import DataValidationError
 from ..metamodel.training import TrainingDataError
 from .lease import LeaseHeldError
+from ..storage import FileSystem, is_local, join, local_path
 
 INPUT_ERRORS = (DataValidationError, ConfigError, TrainingDataError, LeaseHeldError)
 
@@ -26,10 +27,24 @@ def _date(text: str) -> dt.date:
         raise argparse.ArgumentTypeError(f"not a date in YYYY-MM-DD form: {text!r}") from None
 
 
+def _config(args) -> dict:
+    """The configuration of ``--conf``: a local file is read before Spark starts (its
+    ``spark`` settings apply to a local-mode launch); a Hadoop URI through Spark."""
+    if args.conf is None or is_local(args.conf):
+        return load_config(args.conf and local_path(args.conf))
+    from .spark import get_spark
+
+    files = FileSystem(get_spark(load_config()), args.conf)
+    return load_config(args.conf, read_text=lambda p: files.read_text(p) if files.is_file(p) else None)
+
+
 def _config_and_data(args) -> dict:
-    """The configuration of ``--conf``, once ``--data`` is known to be a folder."""
-    config = load_config(args.conf)
-    if not Path(args.data).is_dir():
+    """The configuration of ``--conf``, once ``--data`` is known to be a folder (on any
+    Hadoop file system)."""
+    from .spark import get_spark
+
+    config = _config(args)
+    if not FileSystem(get_spark(config), args.data).is_dir(args.data):
         raise ConfigError(f"--data {args.data}: no such folder")
     return config
 
@@ -61,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     nightly.add_argument("--conf", help="YAML configuration merged over conf/default.yaml")
     nightly.add_argument("--wait", action="store_true",
                          help="wait for another run of the same date to finish instead of exiting 2")
+    nightly.add_argument("--allow-stale", action="store_true",
+                         help="rank even when the newest visit or purchase is more than "
+                              "max_data_lag_days before DATE (a stalled feed; exit 2 without it)")
 
     train = commands.add_parser(
         "train", help="train the meta-model and register it in the MLflow model registry",
@@ -155,6 +173,8 @@ def run_nightly_command(args) -> int:
     from .spark import get_spark
 
     config = _config_and_data(args)
+    if args.allow_stale:
+        config["max_data_lag_days"] = None
     result = run_nightly(get_spark(config), args.data, args.date, args.out, config, wait=args.wait)
     print(f"{result.rows} recommendations for {result.active_users} users with {result.model_version} "
           f"in {result.output}; manifest in {result.manifest}")
@@ -188,11 +208,8 @@ def run_ab_report(args) -> int:
     spark = get_spark(config)
     report = ab_report(spark, load_tables(spark, args.data), args.out, args.experiment, args.window_days)
     print(report_table(report))
-    target = Path(args.out) / "ab_reports" / f"{args.experiment}.json"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staged = target.with_name(f"_{target.name}.tmp")
-    staged.write_text(json.dumps(report, indent=2))
-    staged.replace(target)  # never a half-written report
+    target = join(args.out, "ab_reports", f"{args.experiment}.json")
+    FileSystem(spark, target).write_bytes(target, json.dumps(report, indent=2).encode())  # whole or not at all
     with start_run(config, args.out, run_name=f"ab report {args.experiment}"):
         mlflow.set_tags({"experiment": args.experiment, "sample_ratio_mismatch": report["sample_ratio"]["mismatch"]})
         mlflow.log_metric("srm_p_value", report["sample_ratio"]["p_value"])
@@ -220,8 +237,7 @@ def run_backtest_command(args) -> int:
     result = run_backtest(get_spark(config), args.data, args.start, args.end, args.out, config,
                           args.truth_days, args.users, args.new_sale_days, wait=args.wait)
     print(overall_table(result.metrics).to_string(float_format=lambda v: f"{v:.4f}"))
-    print(f"metrics in {Path(args.out) / 'metrics.json'}; recommendations in "
-          f"{Path(args.out) / 'recommendations'}")
+    print(f"metrics in {join(args.out, 'metrics.json')}; recommendations in {join(args.out, 'recommendations')}")
     return 0
 
 
@@ -230,7 +246,11 @@ def run_demo(args) -> int:
     from .pipeline import run_nightly, run_training
     from .spark import get_spark
 
-    config = load_config(args.conf, overrides={"seed": args.seed})
+    if not is_local(args.out):
+        raise ConfigError(f"--out {args.out}: the demo writes its generated world to a local folder; "
+                          "give a local path (train and nightly take any Hadoop URI)")
+    args.out = local_path(args.out)
+    config = load_config(args.conf and local_path(args.conf), overrides={"seed": args.seed})
     world = generate_world(WorldConfig(n_users=args.users, n_days=args.days), seed=args.seed)
     data_dir = world.write(args.out)
     print(f"demo world: {len(world.users)} users, {len(world.sales)} sales, {len(world.visits)} visits, "
@@ -266,37 +286,37 @@ def demo_experiment(day: dt.date) -> dict:
 
 
 def run_label_next(args) -> int:
-    import os
-
     import numpy as np
     import pandas as pd
 
     from ..features.loading import load_tables
     from ..image_labelling.active_learning import propose
-    from ..image_labelling.stage import train_tagger
+    from ..image_labelling.stage import photo_bytes, train_tagger
     from ..image_labelling.tagger import Backbone
     from .spark import get_spark
 
     config = _config_and_data(args)
-    tables = load_tables(get_spark(config), args.data)
+    spark = get_spark(config)
+    tables = load_tables(spark, args.data)
     photos = sorted(tables.sale_images.select("image_path").distinct().toPandas()["image_path"])
     labels = tables.image_labels.toPandas() if tables.image_labels is not None else pd.DataFrame(
         columns=["image_path", "tag"])
     labelled = set(labels["image_path"])
-    unlabelled = [p for p in photos if p not in labelled]
     settings = config["image_labelling"]
     backbone = Backbone(settings["backbone"], settings["weights_cache_dir"])
-    pool = backbone.embed([os.path.join(args.data, p) for p in unlabelled])
+    pool = backbone.embed_images(photo_bytes(spark, args.data, [p for p in photos if p not in labelled]))
     for failure in pool.failures:
         print(f"salerank label-next: skipped {failure.path}: {failure.reason}", file=sys.stderr)
     probability = None  # no labels yet: propose the most typical photo of each region
     if len(labels):
-        tagger, _ = train_tagger(backbone, labels, args.data, config["seed"])
+        tagger, _ = train_tagger(backbone, labels, photo_bytes(spark, args.data, sorted(labelled)), config["seed"])
         probability = tagger.predict_proba(pool.vectors)
     best, scores = propose(probability, pool.vectors, args.n, seed=config["seed"])
-    relative = [os.path.relpath(p, args.data) for p in pool.paths]
-    table = pd.DataFrame({"image_path": np.array(relative)[best], "score": scores[best]})
-    table.to_csv(args.out or sys.stdout, index=False)
+    table = pd.DataFrame({"image_path": np.array(pool.paths)[best], "score": scores[best]})
+    if args.out:
+        FileSystem(spark, args.out).write_bytes(args.out, table.to_csv(index=False).encode())
+    else:
+        table.to_csv(sys.stdout, index=False)
     return 0
 
 

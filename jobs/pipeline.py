@@ -12,7 +12,7 @@ import hashlib
 import json
 import logging
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,18 +26,20 @@ from ..conf import flatten
 from ..features.history import Catalog, ScoringContext, purchases_on
 from ..features.themes import Themes, fit_themes, theme_table
 from ..image_labelling.stage import tag_images
-from ..features.loading import load_tables
+from ..features.loading import check_fresh, load_tables
 from ..metamodel.evaluation import ranking_metrics
 from ..metamodel.ranking import METAMODEL, RANKING_SCHEMA, RankTopK
 from ..metamodel.features import signals_from_config
 from ..metamodel.training import TrainingDataError, feature_names, train_metamodel, training_examples
 from ..recommenders.scoring import score_users
+from ..storage import FileSystem, join
 from .experiments import export_lines, parse_experiments
 from .lease import hold
 from .night_report import night_report
 from .publish import Night, PublishError, publish_parquet
 from .registry import load_metamodel, register_metamodel
-from .tracking import start_run
+from .spark import executor_salerank
+from .tracking import start_run, tracking_uri
 
 log = logging.getLogger("salerank")
 
@@ -84,12 +86,16 @@ class Stages:
 
 
 def recommendations_path(out_dir: str, run_date: dt.date) -> str:
-    return str(Path(out_dir) / "recommendations" / f"run_date={run_date.isoformat()}")
+    return join(out_dir, "recommendations", f"run_date={run_date.isoformat()}")
 
 
 def _load(spark, data_dir, config, stages):
     """The input tables, the catalogue, and whether the photos' themes are used."""
     with stages("load"):
+        # first, so that a cluster without salerank on its executors fails in seconds, saying so
+        location = executor_salerank(spark)
+        log.info("executors import salerank from %s", location)
+        mlflow.set_tag("executor_salerank", location)
         tables = load_tables(spark, data_dir)
         for warning in tables.warnings:
             log.warning("data warning: %s", warning)
@@ -106,6 +112,7 @@ def run_training(spark: SparkSession, data_dir: str, as_of: dt.date, out_dir: st
     ``registry.model_name``, moving ``alias`` to it when given. Holds the lease ``image_cache``
     (training writes the image cache): ``wait`` waits for its holder instead of raising
     ``LeaseHeldError``."""
+    tracking_uri(config, out_dir)  # a remote OUT without a tracking store stops before any work
     stages = Stages()
     with (hold(spark, out_dir, "image_cache", config, wait=wait),
           start_run(config, out_dir, run_name=f"train {as_of}") as run):
@@ -134,6 +141,7 @@ def run_nightly(spark: SparkSession, data_dir: str, run_date: dt.date, out_dir: 
     The run holds the lease ``nightly-run_date=D`` throughout (``jobs/lease.py``): another
     live run of the date raises ``LeaseHeldError``, or with ``wait`` is waited for.
     """
+    tracking_uri(config, out_dir)  # a remote OUT without a tracking store stops before any work
     # taken before Night: its crash recovery must only ever see the staging of dead runs
     with hold(spark, out_dir, f"nightly-run_date={run_date.isoformat()}", config, wait=wait):
         night = Night(spark, out_dir, run_date)
@@ -146,10 +154,12 @@ def run_nightly(spark: SparkSession, data_dir: str, run_date: dt.date, out_dir: 
 
 def _nightly(spark, data_dir, run_date, out_dir, config, keep_rankings, night) -> NightlyResult:
     stages = Stages()
-    with start_run(config, out_dir, run_name=f"nightly {run_date}") as run:
+    # cached frames are released on failure as on success
+    with start_run(config, out_dir, run_name=f"nightly {run_date}") as run, ExitStack() as release:
         mlflow.log_params({**flatten(config), "data_dir": str(data_dir), "run_date": str(run_date)})
         mlflow.set_tag("run_date", str(run_date))
         tables, catalog, with_images = _load(spark, data_dir, config, stages)
+        check_fresh(tables, str(data_dir), run_date, config["max_data_lag_days"])
         prototypes = recs.from_config(config, with_images=with_images)
         strategies = [METAMODEL, *[r.name for r in prototypes]]
         experiments = [e for e in parse_experiments(config, strategies) if e.running_on(run_date)]
@@ -158,12 +168,13 @@ def _nightly(spark, data_dir, run_date, out_dir, config, keep_rankings, night) -
         registered = load_metamodel(config, feature_names(scorers, ranked_names))
         mlflow.set_tags({"model_version": registered.label, "model_run_id": registered.run_id})
         themes = None
-        if with_images:
-            with stages("images"):
+        if with_images:  # the image cache is shared with training and other dates: wait for it
+            with stages("images"), hold(spark, out_dir, "image_cache", config, wait=True):
                 themes = run_image_stage(tables, data_dir, out_dir, config, night)
                 catalog = catalog.with_themes(themes.sale_themes)
         context = ScoringContext.build(tables, catalog, run_date)
         active = context.active_users(config["active_lookback_days"]).cache()
+        release.callback(active.unpersist)
         n_active, n_open = active.count(), len(context.open_idx)
         mlflow.log_metrics({"active_users": float(n_active), "open_sales": float(n_open)})
         log.info("%d active users, %d sales open on %s", n_active, n_open, run_date)
@@ -183,6 +194,7 @@ def _nightly(spark, data_dir, run_date, out_dir, config, keep_rankings, night) -
             with stages("score"):
                 ranked = rank_users(context, prototypes, registered.model, active, config, timers,
                                     strategies, fitted).cache()
+                release.callback(ranked.unpersist)
                 ranked.count()  # scored here, not by the first write
             _log_score_steps(timers)
         else:
@@ -213,8 +225,6 @@ def _nightly(spark, data_dir, run_date, out_dir, config, keep_rankings, night) -
                 metrics = _evaluate(tables, catalog, context, ranked, config["top_k"])
             if keep_rankings:
                 rankings = ranked.toPandas()
-        ranked.unpersist()
-        active.unpersist()
         return NightlyResult(run_date, output, rows, n_active, n_open, registered.label, metrics,
                              stages.seconds, run.info.run_id, rankings, manifest)
 
@@ -230,12 +240,14 @@ def _export(night, ranked, active, experiment, run_date, model_label) -> dict:
     """Stage one JSON Lines file per variant under ``exports/EXPERIMENT/``; users per variant."""
     lines = export_lines(ranked, active, experiment, run_date, model_label, METAMODEL).cache()
     users, files = {}, {}
-    for variant in experiment.variants:
-        one = lines.filter(F.col("variant") == variant.name).repartition(1).sortWithinPartitions("user_id")
-        files[variant.name] = night.write_jsonl(one.select("value"), "exports", experiment.name,
-                                                f"{variant.name}.jsonl")
-        users[variant.name] = files[variant.name]["rows"]
-    lines.unpersist()
+    try:
+        for variant in experiment.variants:
+            one = lines.filter(F.col("variant") == variant.name).repartition(1).sortWithinPartitions("user_id")
+            files[variant.name] = night.write_jsonl(one.select("value"), "exports", experiment.name,
+                                                    f"{variant.name}.jsonl")
+            users[variant.name] = files[variant.name]["rows"]
+    finally:
+        lines.unpersist()
     # the experiment's own manifest, beside its files, for the website team (docs/exports.md)
     manifest = {"experiment": experiment.name, "run_date": run_date.isoformat(), "salt": experiment.salt,
                 "model_version": model_label,
@@ -295,8 +307,8 @@ def run_image_stage(tables, data_dir, out_dir, config, night=None) -> Themes:
     """Tag the photos (cached by content and model version), stage the tags and the themes
     in ``night`` when given, and return the themes (``sale_themes``: each sale's weights)."""
     spark = tables.sales.sparkSession
-    cache_path = str(Path(out_dir) / "image_cache")
-    cache = spark.read.parquet(cache_path) if Path(cache_path).exists() else None
+    cache_path = join(out_dir, "image_cache")
+    cache = spark.read.parquet(cache_path) if FileSystem(spark, out_dir).exists(cache_path) else None
     result = tag_images(tables.sale_images, tables.image_labels, str(data_dir), cache, config, config["seed"])
     for path, reason in result.failures[:20]:
         log.warning("image skipped: %s: %s", path, reason)
