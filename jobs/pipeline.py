@@ -31,7 +31,7 @@ from ..metamodel.evaluation import ranking_metrics
 from ..metamodel.ranking import METAMODEL, RANKING_SCHEMA, RankTopK
 from ..metamodel.features import signals_from_config
 from ..metamodel.training import TrainingDataError, feature_names, train_metamodel, training_examples
-from ..recommenders.scoring import score_users
+from ..recommenders.scoring import released, score_users
 from ..storage import FileSystem, join
 from .experiments import export_lines, parse_experiments
 from .lease import hold
@@ -154,8 +154,9 @@ def run_nightly(spark: SparkSession, data_dir: str, run_date: dt.date, out_dir: 
 
 def _nightly(spark, data_dir, run_date, out_dir, config, keep_rankings, night) -> NightlyResult:
     stages = Stages()
-    # cached frames are released on failure as on success
+    # cached frames and scoring broadcasts are released on failure as on success (last in, first out)
     with start_run(config, out_dir, run_name=f"nightly {run_date}") as run, ExitStack() as release:
+        release.enter_context(released())
         mlflow.log_params({**flatten(config), "data_dir": str(data_dir), "run_date": str(run_date)})
         mlflow.set_tag("run_date", str(run_date))
         tables, catalog, with_images = _load(spark, data_dir, config, stages)
