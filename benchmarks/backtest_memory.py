@@ -1,7 +1,7 @@
 """The driver's memory through a long backtest: does it stay flat from day to day?
 
     python benchmarks/backtest_memory.py [--users 1000] [--days 75] [--backtest-days 60]
-        [--out /tmp/salerank-backtest-memory]
+        [--out /tmp/salerank-backtest-memory] [--driver-memory 2g]
 
 Generates a world (``salerank.world``) and runs ``salerank backtest`` over its last
 BACKTEST_DAYS days in this process, photos off. At the start of every backtest day (the
@@ -65,6 +65,7 @@ class DailyMemory(logging.Handler):
             "jvm_rss_mb": round(rss_mb(java)) if java else None,
             "live_broadcasts": len(os.listdir(context._temp_dir)) if context else None,
         })
+        print(*self.rows[-1].values(), flush=True)  # as it goes: a run that dies keeps its rows
 
 
 def main() -> None:
@@ -73,6 +74,7 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=75)
     parser.add_argument("--backtest-days", type=int, default=60)
     parser.add_argument("--out", default="/tmp/salerank-backtest-memory")
+    parser.add_argument("--driver-memory", default="2g", help="the driver JVM's heap (local mode)")
     args = parser.parse_args()
 
     from salerank.jobs.cli import main as salerank
@@ -84,7 +86,8 @@ def main() -> None:
     world = generate_world(WorldConfig(n_users=args.users, n_days=args.days), seed=42)
     data = world.write(out / "world")
     settings = {"image_labelling": {"enabled": False},
-                "spark": {"master": "local[2]", "shuffle_partitions": 4, "scoring_partitions": 2}}
+                "spark": {"master": "local[2]", "shuffle_partitions": 4, "scoring_partitions": 2,
+                          "driver_memory": args.driver_memory}}
     conf = out / "conf.yaml"
     conf.write_text(yaml.safe_dump(settings))
     start = world.last_date - dt.timedelta(days=args.backtest_days - 1)
