@@ -2,6 +2,11 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
+import signal
+import socket
+import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -87,3 +92,69 @@ def hand_context(spark):
 
 def day(world, offset_from_end: int = 0) -> dt.date:
     return world.last_date - dt.timedelta(days=offset_from_end)
+
+
+class Processes:
+    """Servers and jobs a test starts, each in its own process group (a Spark daemon's JVM,
+    a driver's Python and JVM, an MLflow server's workers), so that all of it can be stopped."""
+
+    def __init__(self):
+        self.started: list[subprocess.Popen] = []
+
+    @staticmethod
+    def free_port() -> int:
+        """A TCP port on 127.0.0.1 that nothing listens on now."""
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            return sock.getsockname()[1]
+
+    @staticmethod
+    def tail(log: Path, lines: int = 40) -> str:
+        """The last lines of a log, for an assertion's message."""
+        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+
+    def start(self, command: list[str], log: Path, cwd: Path, env: dict | None = None) -> subprocess.Popen:
+        """Run ``command`` in the background, its output (and errors) to ``log``."""
+        with open(log, "wb") as out:
+            job = subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+        self.started.append(job)
+        return job
+
+    def finish(self, job: subprocess.Popen, log: Path, timeout: float = 900) -> None:
+        """Wait for ``job``; fail with the end of its log unless it exits with 0 in time."""
+        try:
+            code = job.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self._signal(job, signal.SIGKILL)
+            raise AssertionError(f"{log.name} still running after {timeout} s:\n{self.tail(log)}") from None
+        assert code == 0, f"{log.name} exited with {code}:\n{self.tail(log)}"
+
+    def stop_all(self) -> None:
+        """Stop every group started (the last first), with SIGKILL after 20 s."""
+        for job in reversed(self.started):
+            self._signal(job, signal.SIGTERM)
+        for job in reversed(self.started):
+            try:
+                job.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self._signal(job, signal.SIGKILL)
+                job.wait()
+
+    @staticmethod
+    def _signal(job: subprocess.Popen, sig: int) -> None:
+        try:  # the group, even when its leader has ended and left children behind
+            os.killpg(job.pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+@pytest.fixture
+def processes():
+    """Start background processes with ``processes.start``; every one of them (its whole
+    process group) is stopped when the test ends, also when it fails."""
+    started = Processes()
+    try:
+        yield started
+    finally:
+        started.stop_all()
