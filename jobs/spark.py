@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import sys
 
+from pyspark import SparkContext
 from pyspark.sql import SparkSession
 
 from ..conf import ConfigError
@@ -67,6 +68,10 @@ def get_spark(config: dict) -> SparkSession:
                # Parquet timestamps in nanoseconds (pandas' default) read as longs; the loader
                # converts them (features.loading._parse) instead of refusing the file
                .config("spark.sql.legacy.parquet.nanosAsLong", "true"))
+    # pyspark puts only .zip, .egg and .jar of --py-files on the executors' import path: a
+    # wheel (a zip, importable as it is) would be copied to them and never imported
+    if ".whl" not in SparkContext.PACKAGE_EXTENSIONS:
+        SparkContext.PACKAGE_EXTENSIONS = (*SparkContext.PACKAGE_EXTENSIONS, ".whl")
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
     return spark
