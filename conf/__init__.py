@@ -44,6 +44,10 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None,
         config = _merge(config, user, source=str(path))
     if overrides:
         config = _merge(config, overrides, source="overrides")
+    lag = config["max_data_lag_days"]
+    if lag is not None and (isinstance(lag, bool) or not isinstance(lag, int) or lag < 0):
+        raise ConfigError(f"{path or 'configuration'}: max_data_lag_days must be null or a whole number "
+                          f"of at least 0, got {lag!r}")
     depth = config["metamodel"]["rank_depth"]
     if depth is not None and (isinstance(depth, bool) or not isinstance(depth, int) or depth < 1):
         raise ConfigError(f"{path or 'configuration'}: metamodel.rank_depth must be null or a "

@@ -23,7 +23,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from ..storage import FileSystem, join
-from .tagger import Backbone, ImageNetTagger, ImageTagger, tagging_metrics, top_tags
+from .tagger import Backbone, Embeddings, ImageNetTagger, ImageTagger, tagging_metrics, top_tags
 
 log = logging.getLogger("salerank")
 
@@ -41,6 +41,12 @@ class TaggingResult:
     model_version: str = ""
     metrics: dict = field(default_factory=dict)
     tagger: ImageTagger | None = None  # the trained head, when there were hand labels
+    cached: list[DataFrame] = field(default_factory=list)  # what tags and cache are read from
+
+    def release(self) -> None:
+        """Unpersist the cached frames; ``tags`` and ``cache`` must not be read afterwards."""
+        for frame in self.cached:
+            frame.unpersist()
 
 
 def _backbone(name: str, cache_dir: str | None) -> Backbone:
@@ -104,6 +110,18 @@ def photo_bytes(spark, data_dir: str, image_paths: list[str]) -> list[tuple[str,
     located, _ = locate_photos(spark, data_dir, image_paths)
     read = dict(read_photos(spark, located).toPandas().itertuples(index=False, name=None))
     return [(p, read.get(p)) for p in image_paths]
+
+
+def embed_in_chunks(backbone: Backbone, spark, data_dir: str, image_paths: list[str],
+                    chunk: int = PHOTOS_PER_PARTITION) -> Embeddings:
+    """Embeddings of many photos on the driver, a chunk at a time: the driver holds the bytes
+    of one chunk of photos, not of all of them."""
+    parts = [backbone.embed_images(photo_bytes(spark, data_dir, image_paths[i:i + chunk]))
+             for i in range(0, len(image_paths), chunk)]
+    if not parts:
+        return backbone.embed_images([])
+    return Embeddings([p for e in parts for p in e.paths], np.concatenate([e.vectors for e in parts]),
+                      np.concatenate([e.logits for e in parts]), [f for e in parts for f in e.failures])
 
 
 def train_tagger(backbone: Backbone, labels: pd.DataFrame, images: list[tuple[str, bytes | None]],
@@ -194,4 +212,4 @@ def tag_images(sale_images: DataFrame, image_labels: DataFrame | None, data_dir:
                .select("sale_id", "image_path", "tag", "probability", "rank", "model_version"))
     new_cache = all_tags if cache is None else cache.unionByName(fresh)
     return TaggingResult(tags_df, new_cache, list(failed.itertuples(index=False, name=None)),
-                         version, metrics, tagger)
+                         version, metrics, tagger, [hashed, fresh])

@@ -122,7 +122,8 @@ def run_backtest(spark: SparkSession, data_dir: str, start: dt.date, end: dt.dat
         with_images = bool(config["image_labelling"]["enabled"] and tables.row_counts.get("sale_images"))
         if with_images:
             with stages("images"):  # photos and labels are sale metadata, known before any date
-                catalog = catalog.with_themes(run_image_stage(tables, data_dir, out_dir, config).sale_themes)
+                with hold(spark, out_dir, "image_cache", config, wait=True):  # shared with train, nightly
+                    catalog = catalog.with_themes(run_image_stage(tables, data_dir, out_dir, config).sale_themes)
         prototypes = recs.from_config(config, with_images=with_images)
         examples_cache: dict = {}
         per_user, per_day_coverage, skipped = [], [], {}

@@ -14,8 +14,8 @@ from pathlib import Path
 from ..conf import ConfigError, load_config
 from ..features.loading import DataValidationError
 from ..metamodel.training import TrainingDataError
-from .lease import LeaseHeldError
 from ..storage import FileSystem, is_local, join, local_path
+from .lease import LeaseHeldError
 
 INPUT_ERRORS = (DataValidationError, ConfigError, TrainingDataError, LeaseHeldError)
 
@@ -43,7 +43,11 @@ def _config_and_data(args) -> dict:
     Hadoop file system)."""
     from .spark import get_spark
 
+    from .tracking import tracking_uri  # imports MLflow: after the console has set its environment
+
     config = _config(args)
+    if args.command in ("nightly", "train", "backtest", "ab"):
+        tracking_uri(config, args.out)  # OUT's tracking store, checked before Spark starts
     if not FileSystem(get_spark(config), args.data).is_dir(args.data):
         raise ConfigError(f"--data {args.data}: no such folder")
     return config
@@ -291,7 +295,7 @@ def run_label_next(args) -> int:
 
     from ..features.loading import load_tables
     from ..image_labelling.active_learning import propose
-    from ..image_labelling.stage import photo_bytes, train_tagger
+    from ..image_labelling.stage import embed_in_chunks, photo_bytes, train_tagger
     from ..image_labelling.tagger import Backbone
     from .spark import get_spark
 
@@ -304,7 +308,7 @@ def run_label_next(args) -> int:
     labelled = set(labels["image_path"])
     settings = config["image_labelling"]
     backbone = Backbone(settings["backbone"], settings["weights_cache_dir"])
-    pool = backbone.embed_images(photo_bytes(spark, args.data, [p for p in photos if p not in labelled]))
+    pool = embed_in_chunks(backbone, spark, args.data, [p for p in photos if p not in labelled])
     for failure in pool.failures:
         print(f"salerank label-next: skipped {failure.path}: {failure.reason}", file=sys.stderr)
     probability = None  # no labels yet: propose the most typical photo of each region

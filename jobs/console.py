@@ -17,6 +17,8 @@ A failure's traceback and error messages still reach stderr.
 from __future__ import annotations
 
 import datetime as dt
+import faulthandler
+import io
 import logging
 import os
 import sys
@@ -24,7 +26,7 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..storage import is_local, local_path
+from ..storage import FileSystem, is_local, join, local_path
 from .spark import set_environment
 
 log = logging.getLogger("salerank")
@@ -40,11 +42,31 @@ def log_path(command: str, out: str | None) -> str:
     name = f"salerank-{command}-{stamp}"
     if out is not None and is_local(out):
         folder = Path(local_path(out)) / "logs"
-        folder.mkdir(parents=True, exist_ok=True)
-        return str(folder / f"{name}.log")
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            return str(folder / f"{name}.log")
+        except OSError:  # a plain path that Spark resolves elsewhere (fs.defaultFS=hdfs://...)
+            pass
     handle, path = tempfile.mkstemp(prefix=f"{name}-", suffix=".log")
     os.close(handle)
     return path
+
+
+def _keep_beside_out(path: str, out: str | None) -> str:
+    """A log kept in a local temporary file (OUT on HDFS, S3A, ...) is copied to
+    ``OUT/logs/`` when a SparkSession is there to reach OUT; where the log now is."""
+    from pyspark.sql import SparkSession
+
+    spark = SparkSession.getActiveSession()
+    if out is None or spark is None or not path.startswith(tempfile.gettempdir()):
+        return path
+    target = join(out, "logs", Path(path).name)
+    try:
+        FileSystem(spark, target).write_bytes(target, Path(path).read_bytes())
+        return target
+    except Exception as err:  # the run's outcome must not depend on its log's copy
+        log.warning("the log %s could not be copied to %s: %s", path, target, str(err).splitlines()[0])
+        return path
 
 
 def _salerank_or_error(record: logging.LogRecord) -> bool:
@@ -68,9 +90,16 @@ def console(command: str, out: str | None):
         root.addHandler(to_console)
         root.setLevel(logging.INFO)
         logging.captureWarnings(True)  # warnings.warn -> logger "py.warnings" -> the file
+        try:  # a fatal error's trace on the console, not only in the file
+            faulthandler.enable(sys.stderr)
+        except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+            pass  # sys.stderr is no file (captured)
+        log.info("details of this run in %s", path)
         try:
             yield path
         finally:
+            faulthandler.disable()  # before the console's duplicate is closed
+            path = _keep_beside_out(path, out)
             log.info("details in %s", path)
             logging.captureWarnings(False)
             for handler in (to_file, to_console):

@@ -117,6 +117,10 @@ class Holder:
         return False
 
 
+class LeaseLostError(RuntimeError):
+    """This run's lease was taken over while it ran: it must not publish."""
+
+
 class Lease:
     """A lease this process holds; a daemon thread renews its heartbeat until :meth:`release`."""
 
@@ -142,9 +146,10 @@ class Lease:
     def renew(self) -> None:
         """Rewrite the heartbeat in place, if the lease is still this run's."""
         current = read_lease(self.files, self.path)
-        if current is None:  # deleted by hand, or a contender is between its two steps
-            if self.files.create_new(self.path, _encode(self._stamped())):
-                log.warning("lease %s had vanished: created it again", self.path)
+        if current is None:  # taken over (and perhaps released since), or deleted by hand
+            self.lost = True
+            log.error("lease %s vanished while this run still held it: another run may have taken "
+                      "it over; this run will not publish", self.path)
             return
         if current.record is None:
             return  # only this run rewrites it: a contender is writing its own, seen next beat
@@ -154,6 +159,13 @@ class Lease:
                       self.path, current.describe())
             return
         self.files.overwrite(self.path, _encode(self._stamped()))
+
+    def check(self) -> None:
+        """Raise :class:`LeaseLostError` when this run no longer holds the lease (call it
+        before publishing: another run of the name may be publishing now)."""
+        if self.lost:
+            raise LeaseLostError(f"{self.path}: this run lost its lease (it stalled for longer than "
+                                 "lease.timeout_seconds and another run took over): nothing was published")
 
     def _stamped(self) -> dict:
         self.record = {**self.record, "heartbeat": _now()}

@@ -143,8 +143,8 @@ def run_nightly(spark: SparkSession, data_dir: str, run_date: dt.date, out_dir: 
     """
     tracking_uri(config, out_dir)  # a remote OUT without a tracking store stops before any work
     # taken before Night: its crash recovery must only ever see the staging of dead runs
-    with hold(spark, out_dir, f"nightly-run_date={run_date.isoformat()}", config, wait=wait):
-        night = Night(spark, out_dir, run_date)
+    with hold(spark, out_dir, f"nightly-run_date={run_date.isoformat()}", config, wait=wait) as lease:
+        night = Night(spark, out_dir, run_date, guard=lease.check)
         try:
             return _nightly(spark, data_dir, run_date, out_dir, config, keep_rankings, night)
         except BaseException:
@@ -315,10 +315,13 @@ def run_image_stage(tables, data_dir, out_dir, config, night=None) -> Themes:
         log.warning("image skipped: %s: %s", path, reason)
     if len(result.failures) > 20:
         log.warning("... and %d more images skipped", len(result.failures) - 20)
-    if night is not None:
-        night.write_parquet(result.tags, "image_tags")
-    tags = result.tags.toPandas()
-    publish_parquet(result.cache, cache_path)  # after the last read of the old cache
+    try:
+        if night is not None:
+            night.write_parquet(result.tags, "image_tags")
+        tags = result.tags.toPandas()
+        publish_parquet(result.cache, cache_path)  # after the last read of the old cache
+    finally:
+        result.release()  # on failure as on success
     mlflow.set_tag("tagger_version", result.model_version)
     mlflow.log_metric("images_skipped", float(len(result.failures)))
     if result.metrics:

@@ -72,8 +72,9 @@ class Night:
     # every part a night may publish under OUT/<part>/run_date=D
     PARTS = ("recommendations", "exports", "image_tags", "themes", "reports", "manifests")
 
-    def __init__(self, spark, out_dir: str, run_date):
+    def __init__(self, spark, out_dir: str, run_date, guard=None):
         self.spark, self.run_date = spark, run_date
+        self.guard = guard  # called before the commit starts: raises if this run may not publish
         self.name = f"run_date={run_date.isoformat()}"
         self.files = FileSystem(spark, out_dir)
         self.out = self.files.path(out_dir)
@@ -94,8 +95,11 @@ class Night:
         if self.files.fs.exists(journal):
             log.warning("%s: finishing the commit of an interrupted run", staging)
             listed = self.files.read_text(journal)
-            self._move_in(staging, json.loads(listed) if listed else [  # an older run's empty journal
-                s.getPath().getName() for s in self._listing(staging) if not s.getPath().getName().startswith("_")])
+            if listed:
+                self._move_in(staging, json.loads(listed))
+            else:  # an older version's empty journal: what is left staged, and nothing withdrawn
+                self._move_in(staging, [s.getPath().getName() for s in self._listing(staging)
+                                        if not s.getPath().getName().startswith("_")], withdraw=False)
         self.files.fs.delete(staging, True)
 
     def staged(self, part: str, *inner: str) -> str:
@@ -143,6 +147,8 @@ class Night:
 
     def commit(self, manifest: dict) -> str:
         """Publish every staged part, then the manifest and the ``_SUCCESS`` marker."""
+        if self.guard is not None:
+            self.guard()
         staged_marker = self.files.path(self.staging, "manifests")
         stream = self.files.fs.create(self.files.path(staged_marker, "manifest.json"))
         stream.write(bytearray(json.dumps({**manifest, "outputs": self.outputs}, indent=2, sort_keys=True).encode()))
@@ -154,7 +160,7 @@ class Night:
         self.files.fs.delete(self.staging, True)
         return self.files.path(self.out, "manifests", self.name).toString()
 
-    def _move_in(self, staging, parts: list[str]) -> None:
+    def _move_in(self, staging, parts: list[str], withdraw: bool = True) -> None:
         """Move each staged part of ``staging`` into place and withdraw the date's outputs of
         the parts it did not produce (an ended experiment's exports, tags once images are
         off): the night is then exactly what its manifest lists. The night's marker last."""
@@ -162,7 +168,7 @@ class Night:
             return  # the marker, moved in last, is in place: the commit had finished
         # the date is being replaced: not complete until its marker is back
         self.files.fs.delete(self.files.path(self.out, "manifests", self.name), True)
-        for part in sorted(set(self.PARTS) - set(parts)):
+        for part in sorted(set(self.PARTS) - set(parts)) if withdraw else ():
             self.files.delete(self.files.path(self.out, part, self.name))
         for part in [p for p in parts if p != "manifests"] + ["manifests"]:
             source = self.files.path(staging, part)

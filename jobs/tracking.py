@@ -7,7 +7,7 @@ from pathlib import Path
 import mlflow
 
 from ..conf import ConfigError
-from ..storage import is_local, local_path, scheme
+from ..storage import local_path, resolves_locally, scheme
 
 # What the user's environment says, read before any run: mlflow.set_tracking_uri also
 # writes $MLFLOW_TRACKING_URI, so reading it later would send a second run in the same
@@ -29,7 +29,7 @@ def tracking_uri(config: dict, out_dir: str) -> str:
     configured = config["mlflow"]["tracking_uri"] or ENVIRONMENT_URI
     if configured:
         return configured
-    if not is_local(out_dir):
+    if not resolves_locally(out_dir):
         raise ConfigError(
             f"--out {out_dir} is not on the local file system, and no MLflow tracking store is "
             "configured: the default SQLite store under OUT only works for a local OUT. Point "
@@ -49,8 +49,13 @@ def start_run(config: dict, out_dir: str, run_name: str) -> mlflow.ActiveRun:
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is not None:
         experiment_id = experiment.experiment_id
-    elif scheme(uri) in ("http", "https", "databricks") or not is_local(out_dir):
+    elif scheme(uri) in ("http", "https", "databricks"):
         experiment_id = mlflow.create_experiment(name)
+    elif not resolves_locally(out_dir):  # MLflow's default would be ./mlruns: a container's scratch
+        raise ConfigError(
+            f"MLflow experiment {name!r} does not exist in {uri}, and OUT ({out_dir}) is not local: "
+            "create it with an artifact location every job can reach (mlflow experiments create "
+            "--experiment-name NAME --artifact-location URI), or use a tracking server (http)")
     else:
         artifacts = (Path(local_path(out_dir)).resolve() / "mlartifacts").as_uri()
         experiment_id = mlflow.create_experiment(name, artifact_location=artifacts)

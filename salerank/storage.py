@@ -35,6 +35,18 @@ def is_local(path: str) -> bool:
     return scheme(path) in (None, "file")
 
 
+def resolves_locally(path: str) -> bool:
+    """Whether ``path`` is on this machine's file system as Hadoop resolves it: a plain path
+    is on ``fs.defaultFS`` of the running SparkSession (HDFS on a YARN cluster), not
+    necessarily local. Without a session, as :func:`is_local`."""
+    if scheme(path) is not None:
+        return is_local(path)
+    from pyspark.sql import SparkSession
+
+    spark = SparkSession.getActiveSession()
+    return spark is None or FileSystem(spark, path).fs.getScheme() == "file"
+
+
 def local_path(path: str) -> str:
     """The local file system path of a plain path or a ``file:`` URI."""
     if not is_local(path):
@@ -109,14 +121,15 @@ class FileSystem:
         try:
             if self.fs.getScheme() == "file":
                 self._create_new_local(self.path(path), content)
-                return True
-            stream = self.fs.create(self.path(path), False)
-        except Exception as err:  # py4j wraps FileAlreadyExistsException
-            if "FileAlreadyExists" in str(err) or "already exists" in str(err):
+            else:  # S3A's conditional write fails at close, inside _fill
+                _fill(self.fs.create(self.path(path), False), content)
+            return True
+        except Exception as err:  # py4j wraps the Java exception
+            # HDFS says AlreadyBeingCreated while a crashed writer's lease on the file lasts
+            if any(sign in str(err) for sign in ("FileAlreadyExists", "already exists", "AlreadyBeingCreated",
+                                                 "PreconditionFailed")):
                 return False
             raise
-        _fill(stream, content)
-        return True
 
     def _create_new_local(self, path, content: bytes) -> None:
         """Hadoop's local ``create(path, false)`` checks that the file is absent, then opens it

@@ -18,7 +18,7 @@ import yaml
 
 from salerank.conf import ConfigError
 from salerank.jobs.cli import main
-from salerank.jobs.lease import LeaseHeldError, hold, read_lease
+from salerank.jobs.lease import LeaseHeldError, LeaseLostError, hold, read_lease
 from salerank.jobs.pipeline import run_training
 from salerank.storage import FileSystem
 
@@ -257,6 +257,25 @@ def test_only_the_holder_deletes_its_lease(spark, tmp_path, fast, caplog):
             assert lease.lost
     assert json.loads(lease_file(tmp_path).read_text())["token"] == "theirs"  # neither deleted nor rewritten
     assert "was taken over by owner someone on host elsewhere.example" in caplog.text
+
+
+def test_a_run_that_lost_its_lease_publishes_nothing(spark, tmp_path, fast):
+    """The lease vanished (taken over, and released since by the run that took it): this run's
+    commit refuses to start, and nothing of the night appears."""
+    from salerank.jobs.publish import Night
+
+    day = dt.date(2026, 3, 14)
+    with hold(spark, str(tmp_path), NAME, fast) as lease:
+        night = Night(spark, str(tmp_path), day, guard=lease.check)
+        night.write_parquet(spark.range(3), "recommendations")
+        lease_file(tmp_path).unlink()
+        deadline = time.monotonic() + 10
+        while not lease.lost and time.monotonic() < deadline:
+            time.sleep(0.02)
+        with pytest.raises(LeaseLostError, match="lost its lease"):
+            night.commit({})
+        night.abandon()
+    assert not (tmp_path / "recommendations").exists() and not (tmp_path / "manifests").exists()
 
 
 def test_a_thread_may_take_its_own_lease_again(spark, tmp_path, fast):

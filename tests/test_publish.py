@@ -128,3 +128,23 @@ def test_paths_are_uris(spark, tmp_path):
     assert files.read_text(join(uri, "a", "b.json")) == "{}" and files.names(join(uri, "a")) == ["b.json"]
     assert files.create_new(join(uri, "once"), b"1") and not files.create_new(join(uri, "once"), b"2")
     assert files.read_text(join(uri, "once")) == "1"
+
+
+def test_a_plain_path_is_where_fs_default_fs_says(spark, config):
+    """On a cluster whose fs.defaultFS is HDFS, ``--out /sales/out`` is on HDFS: the tracking
+    store must not default to a SQLite file on the driver's disk."""
+    from salerank.conf import ConfigError
+    from salerank.jobs.tracking import tracking_uri
+    from salerank.storage import resolves_locally
+
+    hadoop = spark.sparkContext._jsc.hadoopConfiguration()
+    before = hadoop.get("fs.defaultFS")
+    assert resolves_locally("/sales/out") and tracking_uri(config, "/sales/out").startswith("sqlite:///")
+    hadoop.set("fs.defaultFS", "hdfs://127.0.0.1:1")  # nothing listens there: no call is made
+    try:
+        assert not resolves_locally("/sales/out") and resolves_locally("file:///sales/out")
+        with pytest.raises(ConfigError, match="not on the local file system"):
+            tracking_uri(config, "/sales/out")
+    finally:
+        hadoop.set("fs.defaultFS", before)
+    assert resolves_locally("/sales/out")
