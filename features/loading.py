@@ -204,8 +204,10 @@ def _type_table(raw: DataFrame, spec: TableSpec, file: str, errors: list[Problem
                   .cast("string").alias("digest")]
     aggregates += [F.sum(F.when(cond, 1).otherwise(0)).alias(f"check{i}")
                    for i, (_, _, _, cond) in enumerate(checks)]
-    if "ts" in kinds:  # for the freshness check (a stalled feed), in the same pass
-        aggregates.append(F.max(typed_cols["ts"]).alias("newest"))
+    if "ts" in kinds:  # for the freshness check (a stalled feed), in the same pass; a year out
+        # of range is an error of its own, and would not even convert to a Python datetime
+        in_range = F.year(typed_cols["ts"]).between(EARLIEST_YEAR, LATEST_YEAR)
+        aggregates.append(F.max(F.when(in_range, typed_cols["ts"])).alias("newest"))
     summary = raw.agg(*aggregates).first()
     rows = summary["rows"]
     for i, (column, message, is_error, cond) in enumerate(checks):

@@ -1,6 +1,6 @@
 """The console of a ``salerank`` command: salerank's own lines and errors, nothing else.
 
-Everything else a run says goes to its log file, ``OUT/logs/salerank-COMMAND-TIMESTAMP.log``
+Everything else a run says goes to its log file, ``OUT/logs/salerank-COMMAND-TIMESTAMP-PID.log``
 (a local temporary file when OUT is not local), named at the end of the run:
 
 - Python loggers other than ``salerank`` (MLflow and alembic, py4j, absl, TensorFlow,
@@ -36,10 +36,10 @@ FILE_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def log_path(command: str, out: str | None) -> str:
-    """``OUT/logs/salerank-COMMAND-TIMESTAMP.log`` (UTC) when OUT is local, else a new
+    """``OUT/logs/salerank-COMMAND-TIMESTAMP-PID.log`` (UTC) when OUT is local, else a new
     local temporary file of the same name."""
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    name = f"salerank-{command}-{stamp}"
+    name = f"salerank-{command}-{stamp}-{os.getpid()}"  # two runs may start in the same second
     if out is not None and is_local(out):
         folder = Path(local_path(out)) / "logs"
         try:

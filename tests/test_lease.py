@@ -5,6 +5,7 @@ import getpass
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -12,6 +13,7 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 import yaml
@@ -23,6 +25,8 @@ from salerank.jobs.pipeline import run_training
 from salerank.storage import FileSystem
 
 NAME = "nightly-run_date=2026-03-14"
+# what a console must not show: the libraries' banners and warnings (they go to the log file)
+NOISE = ("tensorflow", "oneDNN", "absl", "log4j", "WARN ", "alembic", "🏃", "py4j", "mlflow.store")
 TIMINGS = {"timeout_seconds": 10.0, "heartbeat_seconds": 0.1, "poll_seconds": 0.05}
 
 
@@ -302,7 +306,7 @@ def test_the_command_line_exits_2_naming_the_holder(spark, world, world_dir, con
                      "--out", str(out), "--conf", str(conf_file)])
     assert code == 2
     error = capsys.readouterr().err
-    assert error.startswith("salerank nightly: error: ") and f"pid {os.getpid()}" in error
+    assert "salerank nightly: error: " in error and f"pid {os.getpid()}" in error
     assert not (out / "_staging").exists()  # stopped before staging anything
 
 
@@ -339,6 +343,19 @@ def test_two_runs_of_a_date_started_together_one_publishes_the_other_exits_2(
     assert "Traceback" not in refusal
     assert "salerank nightly: error: " in refusal and "is held by another run" in refusal
     assert f"host {socket.gethostname()}, pid {jobs[winner].pid}" in refusal and "--wait" in refusal
+    # the winner's console, a whole night (photos, Spark, MLflow): salerank's lines only, the rest
+    # in the log file it names at the end
+    console = errors[winner] + logs[winner][0].read_text()
+    for line in ("salerank: stage images ...", "salerank: stage score done in", "salerank: stage publish done in"):
+        assert line in errors[winner], console
+    assert re.search(r"salerank: \d+ of [1-9]\d* photos to tag", errors[winner]), console
+    for noise in NOISE:
+        assert noise not in console, (noise, console)
+    named = re.search(r"salerank: details in (\S+)\s*$", errors[winner])
+    assert named and named.group(1).startswith(str(out / "logs" / "salerank-nightly-")), console
+    assert named.group(1).endswith(f"-{jobs[winner].pid}.log")  # its own, not the loser's
+    details = Path(named.group(1)).read_text(encoding="utf-8")
+    assert "WARN " in details and "stage publish done in" in details  # the JVM's lines and salerank's
 
     manifest = json.loads((out / "manifests" / night / "manifest.json").read_text())
     assert (out / "manifests" / night / "_SUCCESS").exists()

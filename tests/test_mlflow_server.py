@@ -62,7 +62,8 @@ def test_train_and_nightly_against_a_shared_mlflow_server(world, world_dir, conf
 
     conf = tmp_path / "shared.yaml"
     conf.write_text(yaml.safe_dump({**{key: config[key] for key in ("spark", "metamodel")},
-                                    "mlflow": {"tracking_uri": url}}))
+                                    "mlflow": {"tracking_uri": url},
+                                    "image_labelling": {"enabled": False}}))  # photos: not this test's point
     env = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}
     common = ["--data", str(world_dir / "data"), "--date", day, "--out", str(out), "--conf", str(conf)]
     for job, extra in (("train", ["--alias", "champion"]), ("nightly", [])):
