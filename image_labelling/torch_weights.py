@@ -71,14 +71,17 @@ class _SafeUnpickler(pickle.Unpickler):
 def load_legacy_state_dict(path: str | Path) -> dict[str, np.ndarray]:
     """The tensors of a legacy PyTorch ``state_dict`` file, as numpy arrays by name."""
     with open(path, "rb") as f:
+        # every pickle of the file, the header's too, goes through the class-refusing reader
         try:
-            magic = pickle.load(f)
+            magic = _SafeUnpickler(f).load()
+        except CheckpointError as err:
+            raise CheckpointError(f"{path}: {err}") from None
         except Exception as err:
             raise CheckpointError(f"{path}: not a legacy PyTorch checkpoint ({err})") from None
         if magic != LEGACY_MAGIC:
             raise CheckpointError(f"{path}: not a legacy PyTorch checkpoint (bad magic number)")
-        pickle.load(f)  # protocol version
-        pickle.load(f)  # system info (endianness, type sizes)
+        _SafeUnpickler(f).load()  # protocol version
+        _SafeUnpickler(f).load()  # system info (endianness, type sizes)
         state = _SafeUnpickler(f).load()
         keys = _SafeUnpickler(f).load()
         buffers = {}

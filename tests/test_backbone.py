@@ -46,6 +46,18 @@ def test_checkpoint_reader_refuses_code(tmp_path):
         pickle.dump({"w": __import__("os").system}, f, protocol=2)  # names os.system
     with pytest.raises(CheckpointError, match="refusing"):
         load_legacy_state_dict(path)
+    # a payload in the very first pickle (where the magic number belongs) must not run either
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (__import__("os").system, (f"touch {marker}",))
+
+    first = tmp_path / "evil-first.pth"
+    first.write_bytes(pickle.dumps(Payload(), protocol=2))
+    with pytest.raises(CheckpointError, match="refusing"):
+        load_legacy_state_dict(first)
+    assert not marker.exists()
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="not a legacy"):
         load_legacy_state_dict(tmp_path / "junk.pth")
