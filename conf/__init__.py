@@ -27,8 +27,9 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None,
     Raises
     ------
     ConfigError
-        When the file is missing or not YAML, names a key the defaults do not have, or sets
-        ``metamodel.rank_depth`` to anything but null or a positive whole number.
+        When the file is missing or not YAML, names a key the defaults do not have, or gives a
+        value that cannot work (a size below 1, an empty grid, an unknown similarity, signal or
+        backbone, validation days that leave none to fit on): every such mistake, by key.
     """
     config = default_config()
     if path is not None:
@@ -44,15 +45,74 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None,
         config = _merge(config, user, source=str(path))
     if overrides:
         config = _merge(config, overrides, source="overrides")
-    lag = config["max_data_lag_days"]
-    if lag is not None and (isinstance(lag, bool) or not isinstance(lag, int) or lag < 0):
-        raise ConfigError(f"{path or 'configuration'}: max_data_lag_days must be null or a whole number "
-                          f"of at least 0, got {lag!r}")
-    depth = config["metamodel"]["rank_depth"]
-    if depth is not None and (isinstance(depth, bool) or not isinstance(depth, int) or depth < 1):
-        raise ConfigError(f"{path or 'configuration'}: metamodel.rank_depth must be null or a "
-                          f"whole number of at least 1, got {depth!r}")
+    _validate(config, str(path or "configuration"))
     return config
+
+
+# settings that must be whole numbers of at least 1 (or, for the second set, at least 0)
+_POSITIVE = ("top_k", "active_lookback_days", "spark.shuffle_partitions", "spark.scoring_partitions",
+             "recommenders.popularity.window_days", "recommenders.item_cf.max_user_history",
+             "recommenders.item_cf.neighbours", "recommenders.content.price_bands",
+             "recommenders.als.factors", "recommenders.als.iterations", "recommenders.bpr.factors",
+             "recommenders.bpr.iterations", "recommenders.bpr.threads", "image_labelling.top_k",
+             "image_labelling.themes", "metamodel.train_days", "metamodel.validation_days",
+             "metamodel.negatives_per_purchase")
+_NON_NEGATIVE = ("report.sample_users",)
+_NULL_OR_NON_NEGATIVE = ("max_data_lag_days",)
+_NULL_OR_POSITIVE = ("metamodel.rank_depth",)
+
+
+def _setting(config: dict, key: str):
+    for part in key.split("."):
+        config = config[part]
+    return config
+
+
+def _whole(value, least: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+
+def _positive_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+
+
+def _validate(config: dict, source: str) -> None:
+    """Every mistake in the values, each named with its key, in one ConfigError."""
+    problems = []
+    for keys, least, nullable in ((_POSITIVE, 1, False), (_NON_NEGATIVE, 0, False),
+                                  (_NULL_OR_NON_NEGATIVE, 0, True), (_NULL_OR_POSITIVE, 1, True)):
+        for key in keys:
+            value = _setting(config, key)
+            if not (_whole(value, least) or (nullable and value is None)):
+                problems.append(f"{key} must be {'null or ' if nullable else ''}a whole number of at "
+                                f"least {least}, got {value!r}")
+    settings = config["metamodel"]
+    if _whole(settings["train_days"], 1) and _whole(settings["validation_days"], 1) \
+            and settings["validation_days"] >= settings["train_days"]:
+        problems.append(f"metamodel.validation_days ({settings['validation_days']}) must be fewer than "
+                        f"metamodel.train_days ({settings['train_days']}): the days before them fit the candidates")
+    for key, check, what in (("C", _positive_number, "positive numbers"),
+                             ("negative_ratios", lambda v: _whole(v, 1), "whole numbers of at least 1")):
+        values = settings[key] if isinstance(settings[key], list) else [settings[key]]
+        if not values or not all(check(v) for v in values):
+            problems.append(f"metamodel.{key} must be one or a list of {what}, got {settings[key]!r}")
+    for key, known in _known_names().items():
+        chosen = _setting(config, key)
+        for name in chosen if isinstance(chosen, list) else [chosen]:
+            if name not in known:
+                problems.append(f"{key}: unknown {name!r} (known: {', '.join(sorted(known))})")
+    if problems:
+        raise ConfigError(f"{source}: " + "; ".join(problems))
+
+
+def _known_names() -> dict[str, tuple[str, ...]]:
+    """The choices of the settings that name a thing, from the modules that define them."""
+    from ..image_labelling.backbone import BACKBONES
+    from ..metamodel.features import SIGNALS
+    from ..recommenders.item_cf import ItemCF
+
+    return {"recommenders.item_cf.similarity": ItemCF.SIMILARITIES, "metamodel.signals": tuple(SIGNALS),
+            "image_labelling.backbone": tuple(BACKBONES)}
 
 
 def _read_local(path: str) -> str | None:

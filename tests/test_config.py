@@ -58,3 +58,41 @@ def test_rank_depth_must_be_a_positive_whole_number(tmp_path, depth):
     with pytest.raises(ConfigError, match="rank_depth"):
         load_config(path)
     assert load_config(overrides={"metamodel": {"rank_depth": 100}})["metamodel"]["rank_depth"] == 100
+
+
+BAD_VALUES = {
+    "top_k 0": ({"top_k": 0}, "top_k must be a whole number of at least 1, got 0"),
+    "empty C": ({"metamodel": {"C": []}}, "metamodel.C must be one or a list of positive numbers, got []"),
+    "negative C": ({"metamodel": {"C": [1.0, -1]}}, "metamodel.C must be"),
+    "no validation day": ({"metamodel": {"validation_days": 0}}, "metamodel.validation_days must be a whole"),
+    "validation on every day": ({"metamodel": {"train_days": 3, "validation_days": 3}},
+                                "metamodel.validation_days (3) must be fewer than metamodel.train_days (3)"),
+    "ratio 0": ({"metamodel": {"negative_ratios": [0, 2]}}, "metamodel.negative_ratios must be"),
+    "unknown similarity": ({"recommenders": {"item_cf": {"similarity": "dice"}}},
+                           "recommenders.item_cf.similarity: unknown 'dice' (known: asymmetric, cosine, jaccard)"),
+    "unknown signal": ({"metamodel": {"signals": ["days_open", "weather"]}}, "metamodel.signals: unknown 'weather'"),
+    "unknown backbone": ({"image_labelling": {"backbone": "resnet"}}, "image_labelling.backbone: unknown 'resnet'"),
+    "negative size": ({"recommenders": {"als": {"factors": -4}}}, "recommenders.als.factors must be"),
+    "fractional size": ({"spark": {"scoring_partitions": 2.5}}, "spark.scoring_partitions must be"),
+    "negative sample": ({"report": {"sample_users": -1}}, "report.sample_users must be a whole number of at least 0"),
+    "stale as text": ({"max_data_lag_days": "2"}, "max_data_lag_days must be null or a whole number"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_VALUES))
+def test_a_value_that_cannot_work_is_named_with_its_key(case, tmp_path):
+    import yaml
+
+    settings, expected = BAD_VALUES[case]
+    path = tmp_path / "conf.yaml"
+    path.write_text(yaml.safe_dump(settings))
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert str(caught.value).startswith(f"{path}: ") and expected in str(caught.value)
+
+
+def test_every_mistake_is_named_at_once_and_the_defaults_pass():
+    load_config()  # the defaults are valid
+    with pytest.raises(ConfigError) as caught:
+        load_config(overrides={"top_k": 0, "metamodel": {"C": []}})
+    assert "top_k" in str(caught.value) and "metamodel.C" in str(caught.value)
