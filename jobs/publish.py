@@ -98,8 +98,8 @@ class Night:
             if listed:
                 self._move_in(staging, json.loads(listed))
             else:  # an older version's empty journal: what is left staged, and nothing withdrawn
-                self._move_in(staging, [s.getPath().getName() for s in self._listing(staging)
-                                        if not s.getPath().getName().startswith("_")], withdraw=False)
+                self._move_in(staging, [name for name in self.files.names(staging) if not name.startswith("_")],
+                              withdraw=False)
         self.files.fs.delete(staging, True)
 
     def staged(self, part: str, *inner: str) -> str:
@@ -132,9 +132,7 @@ class Night:
 
     def write_bytes(self, content: bytes, part: str, *inner: str) -> dict:
         """Stage one file (a report) and record its size and SHA-256."""
-        stream = self.files.fs.create(self.files.path(self.staged(part, *inner)))
-        stream.write(bytearray(content))
-        stream.close()
+        self.files.overwrite(self.staged(part, *inner), content)
         entry = {"bytes": len(content), "checksum": f"sha256:{hashlib.sha256(content).hexdigest()}"}
         self.outputs["/".join([part, self.name, *inner])] = entry
         return entry
@@ -150,9 +148,8 @@ class Night:
         if self.guard is not None:
             self.guard()
         staged_marker = self.files.path(self.staging, "manifests")
-        stream = self.files.fs.create(self.files.path(staged_marker, "manifest.json"))
-        stream.write(bytearray(json.dumps({**manifest, "outputs": self.outputs}, indent=2, sort_keys=True).encode()))
-        stream.close()
+        self.files.overwrite(self.files.path(staged_marker, "manifest.json"),
+                             json.dumps({**manifest, "outputs": self.outputs}, indent=2, sort_keys=True).encode())
         self.files.fs.create(self.files.path(staged_marker, "_SUCCESS")).close()
         # from here on, roll forward; the journal lists the parts, which leave the staging one by one
         self.files.create_new(self.files.path(self.staging, self.JOURNAL), json.dumps(self.parts).encode())
