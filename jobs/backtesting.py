@@ -6,9 +6,10 @@ and the lists are compared with what those users bought in ``[D, D + truth_days)
 the sales open on D.  Everything a date's rankings use comes from
 ``ScoringContext.build(as_of=D)``, the same mechanism as the nightly run and training.
 
-Outputs under OUT: ``metrics.json`` (overall, per breakdown and per day, for each model),
-``recommendations/model=NAME/run_date=D/`` (each day's top-k in the nightly schema) and an
-MLflow parent run with a child run per model and plots.
+Outputs under OUT: ``metrics.json`` (overall, per breakdown and per day, for each model,
+each mean with its 95 % bootstrap interval over the (user, day) pairs, and paired differences
+of models), ``recommendations/model=NAME/run_date=D/`` (each day's top-k in the nightly
+schema) and an MLflow parent run with a child run per model and plots.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import datetime as dt
 import json
 import logging
 import os
+import zlib
 from dataclasses import dataclass
 
 import mlflow
@@ -25,10 +27,10 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from .. import recommenders as recs
-from ..conf import flatten
+from ..conf import ConfigError, flatten
 from ..features.history import Catalog, ScoringContext
 from ..features.loading import load_tables
-from ..metamodel.evaluation import PER_USER, per_user_metrics
+from ..metamodel.evaluation import LEVEL, PER_USER, Resampled, per_user_metrics, verdict
 from ..metamodel.ranking import METAMODEL
 from ..metamodel.training import TrainingDataError
 from ..recommenders.scoring import released
@@ -100,14 +102,22 @@ def evaluated_users(context: ScoringContext, truth: pd.DataFrame, users: str, lo
 
 def run_backtest(spark: SparkSession, data_dir: str, start: dt.date, end: dt.date, out_dir: str,
                  config: dict, truth_days: int = 1, users: str = "active",
-                 new_sale_days: int = 2, wait: bool = False) -> BacktestResult:
+                 new_sale_days: int = 2, wait: bool = False, replicates: int = 1000,
+                 compare: list[tuple[str, str]] | None = None) -> BacktestResult:
     """Replay every date of ``[start, end]``; see the module docstring. Holds the lease
     ``backtest`` of ``out_dir`` (``wait``: wait for its holder instead of raising
-    ``LeaseHeldError``)."""
+    ``LeaseHeldError``).
+
+    Every mean gets a 95 % percentile interval from ``replicates`` bootstrap resamples of
+    the (user, day) pairs, seeded by ``config['seed']`` (0: no intervals).  ``compare``:
+    pairs ``(A, B)`` of models whose difference B - A gets a paired interval, besides the
+    meta-model against each recommender alone (a name not in the backtest: ``ConfigError``)."""
     if end < start:
         raise ValueError(f"the backtest ends ({end}) before it starts ({start})")
     if users not in USER_SETS:
         raise ValueError(f"users must be one of {USER_SETS}, not {users!r}")
+    if replicates < 0:
+        raise ValueError(f"replicates must be at least 0, not {replicates}")
     tracking_uri(config, out_dir)  # a remote OUT without a tracking store stops before any work
     k, stages = config["top_k"], Stages()
     with (hold(spark, out_dir, "backtest", config, wait=wait),
@@ -120,11 +130,12 @@ def run_backtest(spark: SparkSession, data_dir: str, start: dt.date, end: dt.dat
             catalog = Catalog.from_tables(spark, tables)
         mlflow.set_tag("data_fingerprint", tables.fingerprint)
         with_images = bool(config["image_labelling"]["enabled"] and tables.row_counts.get("sale_images"))
+        prototypes = recs.from_config(config, with_images=with_images)
+        pairs = comparison_pairs([r.name for r in prototypes], compare or [])
         if with_images:
             with stages("images"):  # photos and labels are sale metadata, known before any date
                 with hold(spark, out_dir, "image_cache", config, wait=True):  # shared with train, nightly
                     catalog = catalog.with_themes(run_image_stage(tables, data_dir, out_dir, config).sale_themes)
-        prototypes = recs.from_config(config, with_images=with_images)
         examples_cache: dict = {}
         per_user, per_day_coverage, skipped = [], [], {}
         dates = _dates(start, end)
@@ -143,9 +154,11 @@ def run_backtest(spark: SparkSession, data_dir: str, start: dt.date, end: dt.dat
         per_user = pd.concat(per_user, ignore_index=True) if per_user else pd.DataFrame(
             columns=["day", "segment", "strategy", "user_id", *PER_USER])
         cover = pd.DataFrame(per_day_coverage, columns=["day", "strategy", "coverage"])
-        metrics = _metrics_document(per_user, cover, k, start, end, truth_days, users,
-                                    new_sale_days, skipped, [r.name for r in prototypes])
-        per_day = _per_day_table(per_user, cover, k)
+        overall, daily = _summaries(per_user, [METAMODEL, *[r.name for r in prototypes]], k,
+                                    replicates, config["seed"])
+        metrics = _metrics_document(overall, daily, cover, k, start, end, truth_days, users,
+                                    new_sale_days, skipped, pairs, replicates, config["seed"])
+        per_day = _per_day_table(daily, cover, k)
         target = join(out_dir, "metrics.json")  # a reader sees the old file or the whole new one
         FileSystem(spark, target).write_bytes(target, json.dumps(metrics, indent=2).encode())
         _log_to_mlflow(metrics, per_day, k)
@@ -206,56 +219,170 @@ def spark_frame(like, frame: pd.DataFrame):
     return F.broadcast(like.sparkSession.createDataFrame(frame.astype(str), schema))
 
 
+def comparison_pairs(recommender_names: list[str], compare: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The pairs (A, B) whose difference B - A is measured: the meta-model against each
+    recommender alone, then those asked for."""
+    known = [METAMODEL, *recommender_names]
+    unknown = sorted({name for pair in compare for name in pair} - set(known))
+    if unknown:
+        raise ConfigError(f"--compare: no model {', '.join(map(repr, unknown))} in this backtest "
+                          f"(its models: {', '.join(known)})")
+    pairs = [(name, METAMODEL) for name in recommender_names]
+    return pairs + [tuple(pair) for pair in dict.fromkeys(map(tuple, compare)) if tuple(pair) not in pairs]
+
+
+def _summaries(per_user: pd.DataFrame, strategies: list[str], k: int, replicates: int, seed: int):
+    """Each group of (user, day) pairs described by :func:`_describe`: per segment over all
+    days, and per (day, segment)."""
+    overall = {segment: _describe(per_user[per_user["segment"] == segment], strategies, k,
+                                  replicates, seed, segment) for segment in SEGMENTS}
+    daily = {(day, segment): _describe(rows, strategies, k, replicates, seed, f"{day}/{segment}")
+             for (day, segment), rows in per_user.groupby(["day", "segment"])}
+    return overall, daily
+
+
+def _describe(rows: pd.DataFrame, strategies: list[str], k: int, replicates: int, seed: int, label: str):
+    """One group of (user, day) pairs: per strategy the mean of each metric (``{m}@k``), the
+    pairs (``users``) and each mean's 95 % interval (``ci95``: ``[low, high]``); and the
+    group's bootstrap, shared by the strategies (None without pairs or replicates).  The
+    group's resamples are seeded by ``seed`` and its label: the same whatever else ran."""
+    resampled = (Resampled(rows, replicates, [seed, zlib.crc32(label.encode())])
+                 if len(rows) and replicates else None)
+    entries = {}
+    for strategy in strategies:
+        mine = rows[rows["strategy"] == strategy]
+        entry = {f"{m}@{k}": float(mine[m].mean()) for m in PER_USER} if len(mine) else {}
+        entry["users"] = int(len(mine))
+        if resampled is not None and len(mine):
+            entry["ci95"] = {f"{m}@{k}": list(bounds) for m, bounds in resampled.interval(strategy).items()}
+        entries[strategy] = entry
+    return entries, resampled
+
+
+def _difference(described, a: str, b: str, k: int) -> dict:
+    """B - A per metric in one group: ``difference``, its paired 95 % interval (``ci95``) and
+    the ``verdict`` of B against A; empty when either has no pairs there."""
+    entries, resampled = described
+    if resampled is None or not (entries[a]["users"] and entries[b]["users"]):
+        return {}
+    return {f"{m}@{k}": {"difference": entries[b][f"{m}@{k}"] - entries[a][f"{m}@{k}"],
+                         "ci95": [low, high], "verdict": verdict(low, high)}
+            for m, (low, high) in resampled.difference(a, b).items()}
+
+
 def overall_table(metrics: dict) -> pd.DataFrame:
-    """The overall metrics of a backtest, one row per model."""
-    return pd.DataFrame({model: entry["overall"] for model, entry in metrics["models"].items()}).T
+    """The overall metrics of a backtest, one row per model (the means; see
+    :func:`overall_text` for their intervals)."""
+    return pd.DataFrame({model: {name: value for name, value in entry["overall"].items() if name != "ci95"}
+                         for model, entry in metrics["models"].items()}).T
 
 
-def _metrics_document(per_user, cover, k, start, end, truth_days, users, new_sale_days, skipped,
-                      recommender_names) -> dict:
-    def means(rows: pd.DataFrame) -> dict:
-        values = {f"{m}@{k}": float(rows[m].mean()) for m in PER_USER} if len(rows) else {}
-        return {**values, "users": int(len(rows))}
+def _number(name: str, value: float) -> str:
+    return f"{value:.2f}" if name.startswith("revenue") else f"{value:.4f}"
 
+
+def overall_text(metrics: dict) -> str:
+    """The overall table as printed: each mean with its 95 % interval, ``0.0540 [0.0410, 0.0670]``."""
+    rows = {}
+    for model, entry in metrics["models"].items():
+        overall, bounds = entry["overall"], entry["overall"].get("ci95", {})
+        row = {}
+        for name, value in overall.items():
+            if name == "ci95" or value is None:
+                continue
+            text = str(value) if name == "users" else _number(name, value)
+            if name in bounds:
+                text += " [" + ", ".join(_number(name, v) for v in bounds[name]) + "]"
+            row[name] = text
+        rows[model] = row
+    note = (f"mean over the (user, day) pairs with a purchase [95% interval: "
+            f"{metrics['bootstrap']['replicates']} bootstrap resamples of the pairs]"
+            if metrics["bootstrap"]["replicates"] else "mean over the (user, day) pairs with a purchase")
+    return note + "\n" + pd.DataFrame(rows).T.fillna("").to_string()
+
+
+def comparison_text(metrics: dict, pairs: list[tuple[str, str]] | None = None) -> str:
+    """B - A overall for each pair (default: every pair of ``metrics['comparisons']``): the
+    difference of each metric, its paired 95 % interval and the verdict in words."""
+    chosen = [tuple(p) for p in pairs] if pairs else [(c["a"], c["b"]) for c in metrics["comparisons"].values()]
+    rows = []
+    for a, b in chosen:
+        for name, d in metrics["comparisons"][f"{b} - {a}"]["overall"].items():
+            rows.append({"B - A": f"{b} - {a}", "metric": name,
+                         "difference": ("+" if d["difference"] >= 0 else "") + _number(name, d["difference"]),
+                         "95% interval": "[" + ", ".join(_number(name, v) for v in d["ci95"]) + "]",
+                         "verdict": f"{b} {d['verdict']}" if d["verdict"] != "no detectable difference"
+                         else d["verdict"]})
+    if not rows:
+        return "no paired comparison (no (user, day) pair with a purchase, or no bootstrap)"
+    return ("paired bootstrap over the same (user, day) pairs\n"
+            + pd.DataFrame(rows).to_string(index=False))
+
+
+def _metrics_document(overall, daily, cover, k, start, end, truth_days, users, new_sale_days, skipped,
+                      pairs, replicates, seed) -> dict:
     models = {}
-    for strategy in (METAMODEL, *recommender_names):
-        mine = per_user[per_user["strategy"] == strategy]
-        entry = {segment: means(mine[mine["segment"] == segment]) for segment in SEGMENTS}
+    for strategy in overall["overall"][0]:
+        entry = {segment: overall[segment][0][strategy] for segment in SEGMENTS}
         covered = cover[cover["strategy"] == strategy]["coverage"]
         entry["overall"][f"coverage@{k}"] = float(covered.mean()) if len(covered) else None
-        overall = mine[mine["segment"] == "overall"]
-        entry["per_day"] = {str(day): means(rows) for day, rows in overall.groupby("day")}
+        entry["per_day"] = {str(day): entries[strategy] for (day, segment), (entries, _) in daily.items()
+                            if segment == "overall" and entries[strategy]["users"]}
         models[strategy] = entry
+    comparisons = {f"{b} - {a}": {"a": a, "b": b, **{segment: _difference(overall[segment], a, b, k)
+                                                       for segment in SEGMENTS}}
+                   for a, b in pairs}
     return {
         "start": str(start), "end": str(end), "k": k, "truth_days": truth_days, "users": users,
         "new_sale_days": new_sale_days, "skipped_days": skipped,
+        "bootstrap": {"replicates": replicates, "level": LEVEL, "unit": "(user, day) pair", "seed": seed,
+                      "interval": "percentile"},
         "definitions": {
             "per user": "metrics are averaged over (user, day) pairs where the user bought at "
                         "least one sale open on the day within the truth window",
+            "ci95": f"95 % percentile interval of the mean over {replicates} bootstrap resamples of "
+                    "the (user, day) pairs of the entry (drawn with replacement, as many as there are)",
             f"coverage@{k}": "share of the day's open sales that appear in at least one list, "
-                             "averaged over days",
+                             "averaged over days (every list of every ranked user, not a sample of "
+                             "buyers: no interval)",
             f"revenue@{k}": "amount (else sale price) of the recommended purchases per user",
             "new_sales": f"truth restricted to sales in their first {new_sale_days} days",
             "new_users": "users who had bought nothing before the day",
+            "comparisons": "'B - A': mean of B minus mean of A over the same (user, day) pairs, with "
+                           "a paired 95 % interval (each resample applied to both); verdict: B "
+                           "'higher' or 'lower' when the interval excludes 0, else 'no detectable "
+                           "difference'",
         },
         "models": models,
+        "comparisons": comparisons,
     }
 
 
-def _per_day_table(per_user: pd.DataFrame, cover: pd.DataFrame, k: int) -> pd.DataFrame:
-    if per_user.empty:
-        return pd.DataFrame(columns=["day", "strategy", "segment", *(f"{m}@{k}" for m in PER_USER), "users"])
-    table = (per_user.groupby(["day", "strategy", "segment"])[list(PER_USER)].mean()
-             .rename(columns=lambda m: f"{m}@{k}"))
-    table["users"] = per_user.groupby(["day", "strategy", "segment"])["user_id"].nunique()
-    table = table.reset_index()
-    return table.merge(cover.assign(segment="overall").rename(columns={"coverage": f"coverage@{k}"}),
-                       on=["day", "strategy", "segment"], how="left")
+def _per_day_table(daily: dict, cover: pd.DataFrame, k: int) -> pd.DataFrame:
+    """One row per (day, strategy, segment) with pairs: the means, their interval bounds
+    (``{m}@k_low``, ``{m}@k_high``), the pairs, and the day's coverage (overall rows)."""
+    rows = []
+    for (day, segment), (entries, _) in daily.items():
+        for strategy, entry in entries.items():
+            if not entry["users"]:
+                continue
+            bounds = {f"{name}_{side}": value for name, (low, high) in entry.get("ci95", {}).items()
+                      for side, value in (("low", low), ("high", high))}
+            rows.append({"day": day, "strategy": strategy, "segment": segment,
+                         **{name: value for name, value in entry.items() if name != "ci95"}, **bounds})
+    names = [f"{m}@{k}" for m in PER_USER]
+    columns = ["day", "strategy", "segment", *names, "users",
+               *(f"{name}_{side}" for name in names for side in ("low", "high"))]
+    if not rows:
+        return pd.DataFrame(columns=[*columns, f"coverage@{k}"])
+    coverage = cover.assign(segment="overall").rename(columns={"coverage": f"coverage@{k}"})
+    return pd.DataFrame(rows).reindex(columns=columns).merge(coverage, on=["day", "strategy", "segment"], how="left")
 
 
 def _log_to_mlflow(metrics: dict, per_day: pd.DataFrame, k: int) -> None:
-    """The metrics document, a child run per model (overall, breakdowns, per-day steps) and
-    two plots on the parent: NDCG per day, and lift over popularity."""
+    """The metrics document, a child run per model (overall, breakdowns with their interval
+    bounds, per-day steps), and on the parent the comparisons (B - A overall, with bounds) and
+    two plots: NDCG per day, and lift over popularity."""
     mlflow.log_dict(metrics, "metrics.json")
     overall = per_day[per_day["segment"] == "overall"].sort_values("day")
     days = sorted(overall["day"].unique())
@@ -263,11 +390,21 @@ def _log_to_mlflow(metrics: dict, per_day: pd.DataFrame, k: int) -> None:
         with mlflow.start_run(run_name=strategy, nested=True):
             mlflow.set_tag("model", strategy)
             for segment in SEGMENTS:
+                values = {name: value for name, value in entry[segment].items()
+                          if name != "ci95" and value is not None}
+                for name, (low, high) in entry[segment].get("ci95", {}).items():
+                    values.update({f"{name}_low": low, f"{name}_high": high})
                 mlflow.log_metrics({f"{segment}.{name.replace('@', '_at_')}": value
-                                    for name, value in entry[segment].items() if value is not None})
+                                    for name, value in values.items()})
             for _, row in overall[overall["strategy"] == strategy].iterrows():
                 mlflow.log_metrics({f"daily.{m}_at_{k}": float(row[f"{m}@{k}"]) for m in PER_USER},
                                    step=days.index(row["day"]))
+    for comparison in metrics["comparisons"].values():  # on the parent: B - A overall
+        prefix = f"compare.{comparison['b']}_minus_{comparison['a']}"
+        for metric, d in comparison["overall"].items():
+            metric = metric.replace("@", "_at_")
+            mlflow.log_metrics({f"{prefix}.{metric}": d["difference"], f"{prefix}.{metric}_low": d["ci95"][0],
+                                f"{prefix}.{metric}_high": d["ci95"][1]})
     if not overall.empty:
         _plots(metrics, overall, k)
 

@@ -68,3 +68,77 @@ def ranking_metrics(recommended: pd.DataFrame, bought: pd.DataFrame, k: int) -> 
     """Per strategy, the mean over the buyers in ``bought`` of precision@k, recall@k,
     NDCG@k, MAP@k, hit-rate@k and revenue@k (see :func:`per_user_metrics`)."""
     return summarise(per_user_metrics(recommended, bought, k), k)
+
+
+LEVEL = 0.95  # of every interval
+
+
+def bootstrap_means(values: np.ndarray, replicates: int, rng: np.random.Generator) -> np.ndarray:
+    """The column means of ``values`` (units × columns; NaN where a column has no value for a
+    unit) over ``replicates`` resamples of the units with replacement: (replicates, columns).
+
+    A replicate draws as many units as there are, uniformly with replacement, and applies the
+    estimator to them: per column, the mean over the drawn units that have a value.  Every
+    column sees the same draws, so differences of columns are paired.  Counts of draws per
+    unit times the values, a few replicates at a time (~100 MB at any size), on one BLAS
+    thread: the same bits whatever the number of cores, and no threads spinning
+    against a busy core (100,000 units × 36 columns × 1,000 replicates: ~2 s).
+    """
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1, "blas"):
+        return _bootstrap_means(np.asarray(values, dtype=float), replicates, rng)
+
+
+def _bootstrap_means(values: np.ndarray, replicates: int, rng: np.random.Generator) -> np.ndarray:
+    units = len(values)
+    present = np.ascontiguousarray(~np.isnan(values), dtype=float)  # float: BLAS, not a generic loop
+    filled = np.ascontiguousarray(np.nan_to_num(values, nan=0.0))
+    means = np.empty((replicates, values.shape[1]))
+    chunk = max(1, (1 << 22) // max(units, 1))
+    for first in range(0, replicates, chunk):
+        size = min(chunk, replicates - first)
+        draws = rng.integers(0, units, size=(size, units)) + (np.arange(size) * units)[:, None]
+        counts = np.bincount(draws.ravel(), minlength=size * units).reshape(size, units).astype(float)
+        with np.errstate(invalid="ignore", divide="ignore"):  # a column drawn no value: NaN
+            means[first:first + size] = (counts @ filled) / (counts @ present)
+    return means
+
+
+def percentile_interval(replicated: np.ndarray, level: float = LEVEL) -> np.ndarray:
+    """(2, ...) the lower and upper percentile bounds of replicates along the first axis."""
+    tail = (1 - level) / 2
+    return np.nanquantile(replicated, [tail, 1 - tail], axis=0)
+
+
+def verdict(low: float, high: float) -> str:
+    """B against A from the interval of B - A: ``higher``, ``lower`` or, when it covers 0,
+    ``no detectable difference``."""
+    return "higher" if low > 0 else "lower" if high < 0 else "no detectable difference"
+
+
+class Resampled:
+    """Every strategy's mean metrics (:func:`per_user_metrics`) over one bootstrap of the
+    units (``unit`` columns: a (day, user) pair in the backtest), the same draws for every
+    strategy: intervals of each mean, and paired intervals of differences."""
+
+    def __init__(self, per_user: pd.DataFrame, replicates: int, seed, unit=("day", "user_id")):
+        self.strategies = sorted(per_user["strategy"].unique())
+        wide = (per_user.set_index([*unit, "strategy"])[list(PER_USER)].unstack("strategy")
+                .reindex(columns=pd.MultiIndex.from_product([PER_USER, self.strategies])))
+        replicated = bootstrap_means(wide.to_numpy(), replicates, np.random.default_rng(seed))
+        # columns are (metric, strategy): replicates × metrics × strategies
+        self.replicated = replicated.reshape(replicates, len(PER_USER), len(self.strategies))
+
+    def _of(self, strategy: str) -> np.ndarray:
+        return self.replicated[:, :, self.strategies.index(strategy)]
+
+    def interval(self, strategy: str) -> dict[str, tuple[float, float]]:
+        """Per metric, the 95 % percentile interval of the strategy's mean."""
+        low, high = percentile_interval(self._of(strategy))
+        return {m: (float(a), float(b)) for m, a, b in zip(PER_USER, low, high)}
+
+    def difference(self, a: str, b: str) -> dict[str, tuple[float, float]]:
+        """Per metric, the paired 95 % percentile interval of mean(b) - mean(a)."""
+        low, high = percentile_interval(self._of(b) - self._of(a))
+        return {m: (float(x), float(y)) for m, x, y in zip(PER_USER, low, high)}
