@@ -103,7 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="For each date D in [START, END]: train on the days before D, rank the sales "
                     "open on D with the meta-model and with each recommender alone, and compare "
                     "with what the users bought. Writes OUT/metrics.json and each day's top-k per "
-                    "model under OUT/recommendations/model=NAME/run_date=D/.")
+                    "model under OUT/recommendations/model=NAME/run_date=D/. Every mean comes with "
+                    "a 95% interval from a bootstrap over the (user, day) pairs, and the meta-model "
+                    "is compared with each recommender alone by a paired bootstrap (B - A, its "
+                    "interval, and 'no detectable difference' when the interval covers 0).")
     backtest.add_argument("--data", required=True, help="input folder in the data contract")
     backtest.add_argument("--start", required=True, type=_date, help="first date, YYYY-MM-DD")
     backtest.add_argument("--end", required=True, type=_date, help="last date, YYYY-MM-DD")
@@ -118,6 +121,13 @@ def build_parser() -> argparse.ArgumentParser:
     backtest.add_argument("--conf", help="YAML configuration merged over conf/default.yaml")
     backtest.add_argument("--wait", action="store_true",
                           help="wait for another backtest into the same OUT to finish instead of exiting 2")
+    backtest.add_argument("--bootstrap", type=int, default=1000, metavar="N",
+                          help="bootstrap resamples of the (user, day) pairs for the 95%% intervals "
+                               "(default 1000; 0: none), seeded by the configuration's seed")
+    backtest.add_argument("--compare", nargs=2, action="append", metavar=("A", "B"),
+                          help="print B - A with its paired 95%% interval for each metric, instead of "
+                               "the meta-model against each recommender (repeatable; e.g. "
+                               "--compare popularity content); metrics.json holds both")
 
     label = commands.add_parser(
         "label-next", help="propose the next photos to hand-label (active learning)",
@@ -230,7 +240,8 @@ def run_ab_report(args) -> int:
 
 
 def run_backtest_command(args) -> int:
-    from .backtesting import overall_table, run_backtest
+    from .. import recommenders
+    from .backtesting import comparison_pairs, comparison_text, overall_text, run_backtest
     from .spark import get_spark
 
     config = _config_and_data(args)
@@ -238,9 +249,15 @@ def run_backtest_command(args) -> int:
         raise ConfigError(f"--end {args.end} is before --start {args.start}")
     if args.truth_days < 1 or args.new_sale_days < 1:
         raise ConfigError("--truth-days and --new-sale-days must be at least 1")
+    if args.bootstrap < 0:
+        raise ConfigError(f"--bootstrap must be at least 0, got {args.bootstrap}")
+    # a misspelt model stops before any work (image_themes is checked once the photos are known)
+    comparison_pairs([r.name for r in recommenders.from_config(config, with_images=True)], args.compare or [])
     result = run_backtest(get_spark(config), args.data, args.start, args.end, args.out, config,
-                          args.truth_days, args.users, args.new_sale_days, wait=args.wait)
-    print(overall_table(result.metrics).to_string(float_format=lambda v: f"{v:.4f}"))
+                          args.truth_days, args.users, args.new_sale_days, wait=args.wait,
+                          replicates=args.bootstrap, compare=args.compare)
+    print(overall_text(result.metrics))
+    print("\n" + comparison_text(result.metrics, args.compare))
     print(f"metrics in {join(args.out, 'metrics.json')}; recommendations in {join(args.out, 'recommendations')}")
     return 0
 

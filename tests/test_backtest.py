@@ -10,6 +10,7 @@ import pytest
 
 from salerank.jobs.backtesting import run_backtest
 from salerank.jobs.cli import main
+from salerank.metamodel.evaluation import PER_USER
 
 pytestmark = pytest.mark.slow
 MODELS = {"metamodel", "popularity", "item_cf", "content", "als", "bpr"}
@@ -82,6 +83,32 @@ def test_written_recommendations_recompute_the_metrics(spark, backtest, world):
         assert overall["hit_rate@10"] == pytest.approx(np.mean(hits))
 
 
+def test_every_mean_has_its_interval_and_the_metamodel_is_compared_with_each_recommender(backtest):
+    result, _ = backtest
+    metrics = result.metrics
+    assert metrics["bootstrap"]["replicates"] == 1000 and metrics["bootstrap"]["level"] == 0.95
+    for entry in metrics["models"].values():
+        for part in [entry[s] for s in ("overall", "new_sales", "established_sales", "new_users",
+                                        "returning_users")] + list(entry["per_day"].values()):
+            if not part["users"]:
+                continue
+            assert set(part["ci95"]) == {f"{m}@10" for m in PER_USER}
+            for name, (low, high) in part["ci95"].items():  # to the last bit of two sums
+                assert low - 1e-12 <= part[name] <= high + 1e-12
+    assert {(c["a"], c["b"]) for c in metrics["comparisons"].values()} == {
+        (model, "metamodel") for model in MODELS - {"metamodel"}}
+    for c in metrics["comparisons"].values():
+        for name, d in c["overall"].items():
+            assert d["difference"] == pytest.approx(metrics["models"][c["b"]]["overall"][name]
+                                                    - metrics["models"][c["a"]]["overall"][name])
+            low, high = d["ci95"]
+            assert low - 1e-12 <= d["difference"] <= high + 1e-12
+            assert (d["verdict"] == "no detectable difference") == (low <= 0 <= high)
+    per_day = result.per_day[result.per_day["segment"] == "overall"]
+    assert (per_day["ndcg@10_low"] - 1e-12 <= per_day["ndcg@10"]).all()
+    assert (per_day["ndcg@10"] <= per_day["ndcg@10_high"] + 1e-12).all()
+
+
 def test_same_seed_same_backtest_bit_for_bit(spark, backtest, world, world_dir, bt_config, tmp_path):
     result, out = backtest
     again = _run(spark, world, world_dir, bt_config, tmp_path)
@@ -110,4 +137,11 @@ def test_backtest_command_refuses_an_inverted_range(world_dir, tmp_path, capsys)
     code = main(["backtest", "--data", str(world_dir / "data"), "--start", "2025-02-02",
                  "--end", "2025-02-01", "--out", str(tmp_path)])
     assert code == 2 and "before --start" in capsys.readouterr().err
+    assert not (tmp_path / "metrics.json").exists()
+
+
+def test_backtest_command_refuses_an_unknown_model_to_compare(world_dir, tmp_path, capsys):
+    code = main(["backtest", "--data", str(world_dir / "data"), "--start", "2025-02-01",
+                 "--end", "2025-02-02", "--out", str(tmp_path), "--compare", "popularity", "contnet"])
+    assert code == 2 and "--compare: no model 'contnet'" in capsys.readouterr().err
     assert not (tmp_path / "metrics.json").exists()
