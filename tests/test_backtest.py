@@ -62,25 +62,35 @@ def _truth(world, d: dt.date, truth_days: int) -> pd.DataFrame:
 
 
 def test_written_recommendations_recompute_the_metrics(spark, backtest, world):
-    """Recall and hit rate recomputed from the published lists and the raw purchases."""
+    """Recall, hit rate, NDCG and MAP recomputed from the published lists and the raw
+    purchases, by their textbook definitions (binary relevance, k = 10)."""
     result, out = backtest
     for model in ("metamodel", "item_cf"):
-        recall, hits = [], []
+        recall, hits, ndcg, average_precision = [], [], [], []
         for d in (world.last_date - dt.timedelta(days=2), world.last_date - dt.timedelta(days=1)):
             recs = spark.read.parquet(str(out / "recommendations" / f"model={model}" / f"run_date={d}")).toPandas()
             assert list(recs.columns) == ["user_id", "rank", "sale_id", "score", "model_version"]
             assert recs.groupby("user_id")["rank"].max().le(10).all()
             truth = _truth(world, d, 2)
             assert set(truth.user_id) <= set(recs.user_id)  # users="all": every buyer is ranked
-            listed = set(zip(recs.user_id, recs.sale_id))
+            lists = {user: list(rows.sort_values("rank").sale_id) for user, rows in recs.groupby("user_id")}
             for user, bought in truth.groupby("user_id"):
-                found = sum((user, s) in listed for s in bought.sale_id)
-                recall.append(found / len(bought))
-                hits.append(float(found > 0))
+                relevant = set(bought.sale_id)
+                found = [sale in relevant for sale in lists[user][:10]]  # by rank, 1 first
+                recall.append(sum(found) / len(relevant))
+                hits.append(float(any(found)))
+                dcg = sum(1 / np.log2(rank + 1) for rank, hit in enumerate(found, 1) if hit)
+                ideal = sum(1 / np.log2(rank + 1) for rank in range(1, min(len(relevant), 10) + 1))
+                ndcg.append(dcg / ideal)
+                precisions = [sum(found[:rank]) / rank for rank, hit in enumerate(found, 1) if hit]
+                average_precision.append(sum(precisions) / min(len(relevant), 10))
         overall = result.metrics["models"][model]["overall"]
         assert overall["users"] == len(recall) > 0
         assert overall["recall@10"] == pytest.approx(np.mean(recall))
         assert overall["hit_rate@10"] == pytest.approx(np.mean(hits))
+        assert overall["ndcg@10"] == pytest.approx(np.mean(ndcg))
+        assert overall["map@10"] == pytest.approx(np.mean(average_precision))
+        assert 0 < overall["ndcg@10"] and 0 < overall["map@10"]  # something to recompute
 
 
 def test_every_mean_has_its_interval_and_the_metamodel_is_compared_with_each_recommender(backtest):
