@@ -57,7 +57,13 @@ IMAGE_LABELS = TableSpec(
     "image_labels", required={"image_path": "string", "tag": "string"}, table_required=False,
 )
 
-TABLES = (SALES, SALE_IMAGES, USERS, VISITS, PURCHASES, IMAGE_LABELS)
+# what the website actually showed, for ``salerank ab report`` (docs/exports.md)
+EXPOSURES = TableSpec(
+    "exposures", required={"user_id": "id", "experiment": "string", "variant": "string", "ts": "timestamp"},
+    table_required=False,
+)
+
+TABLES = (SALES, SALE_IMAGES, USERS, VISITS, PURCHASES, IMAGE_LABELS, EXPOSURES)
 
 # Timestamps and dates outside this range are errors (a typo such as year 20244 or 0202).
 EARLIEST_YEAR, LATEST_YEAR = 1990, 2100

@@ -65,6 +65,7 @@ class Tables:
     visits: DataFrame
     purchases: DataFrame
     image_labels: DataFrame | None
+    exposures: DataFrame | None = None  # optional: what the website showed (A/B reports)
     warnings: list[Problem] = field(default_factory=list)
     fingerprint: str = ""
     row_counts: dict[str, int] = field(default_factory=dict)
@@ -323,6 +324,8 @@ def check_fresh(tables: Tables, data_dir: str, run_date: dt.date, max_lag_days: 
         return
     problems = []
     for name, (file, newest) in sorted(tables.last_events.items()):
+        if name not in ("visits", "purchases"):  # the feeds a night ranks from
+            continue
         if newest is not None and (run_date - newest.date()).days > max_lag_days:  # empty: nothing stalled
             problems.append(Problem(file, "ts", f"the newest event is at {newest}, more than max_data_lag_days={max_lag_days} "
                                     f"days before the run date {run_date}: is the feed stalled? Fix the "

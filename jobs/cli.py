@@ -145,16 +145,24 @@ def build_parser() -> argparse.ArgumentParser:
     ab_commands = ab.add_subparsers(dest="ab_command", required=True, metavar="AB_COMMAND")
     report = ab_commands.add_parser(
         "report", help="conversion, revenue and uplift per variant",
-        description="From the published exports of EXPERIMENT in OUT and the purchases in DATA: per "
-                    "variant, the users exposed, conversion (a purchase from their first exported "
-                    "night until WINDOW days after the last) and revenue per user, the uplift over "
-                    "the first variant with 95%% confidence intervals, and a sample-ratio-mismatch "
-                    "check. Prints a table, writes OUT/ab_reports/EXPERIMENT.json and logs an MLflow run.")
+        description="From the published exports of EXPERIMENT in OUT and the purchases in DATA "
+                    "(and its optional exposures table: what the website showed): per variant, the "
+                    "users exposed, conversion (a purchase within WINDOW days of their first exposure) "
+                    "and revenue per user, the uplift over the first variant with 95%% confidence "
+                    "intervals (CUPED-adjusted too), the minimal detectable effect, and a "
+                    "sample-ratio-mismatch check. Only users whose whole window the data covers are "
+                    "counted. Prints a table, writes OUT/ab_reports/EXPERIMENT.json and logs an MLflow "
+                    "run. See docs/exports.md.")
     report.add_argument("--data", required=True, help="input folder in the data contract (for the purchases)")
     report.add_argument("--out", required=True, help="the nightly run's output folder")
     report.add_argument("--experiment", required=True, help="experiment name, as in the configuration")
     report.add_argument("--window-days", type=int, default=7,
-                        help="count purchases until this many days after the last night (default 7)")
+                        help="count each user's purchases over this many days from their first exposure (default 7)")
+    report.add_argument("--cuped-days", type=int, default=28,
+                        help="adjust by each user's purchases over this many days before their first "
+                             "exposure (CUPED; default 28, 0: off)")
+    report.add_argument("--effect", type=float, default=0.05,
+                        help="report the users needed to detect this relative uplift (default 0.05)")
     report.add_argument("--conf", help="YAML configuration merged over conf/default.yaml")
     return parser
 
@@ -220,20 +228,25 @@ def run_ab_report(args) -> int:
 
     config = _config_and_data(args)
     spark = get_spark(config)
-    report = ab_report(spark, load_tables(spark, args.data), args.out, args.experiment, args.window_days)
+    report = ab_report(spark, load_tables(spark, args.data), args.out, args.experiment, args.window_days,
+                       args.cuped_days, args.effect)
     print(report_table(report))
     target = join(args.out, "ab_reports", f"{args.experiment}.json")
     FileSystem(spark, target).write_bytes(target, json.dumps(report, indent=2).encode())  # whole or not at all
     with start_run(config, args.out, run_name=f"ab report {args.experiment}"):
-        mlflow.set_tags({"experiment": args.experiment, "sample_ratio_mismatch": report["sample_ratio"]["mismatch"]})
-        mlflow.log_metric("srm_p_value", report["sample_ratio"]["p_value"])
+        mlflow.set_tags({"experiment": args.experiment, "sample_ratio_mismatch": report["sample_ratio"]["mismatch"],
+                         "exposure_source": report["exposure_source"], "complete": report["coverage"]["complete"]})
+        mlflow.log_metrics({"srm_p_value": report["sample_ratio"]["p_value"],
+                            "users_counted": report["coverage"]["users_counted"],
+                            "users_window_open": report["coverage"]["users_window_open"]})
         for variant, entry in report["variants"].items():
             mlflow.log_metrics({f"{variant}.users": entry["users"], f"{variant}.conversion": entry["conversion"],
                                 f"{variant}.revenue_per_user": entry["revenue_per_user"]})
-            for metric, uplift in entry.get("uplift", {}).items():
-                if uplift["uplift"] is not None:
-                    mlflow.log_metrics({f"{variant}.{metric}_uplift{suffix}": uplift[key]
-                                        for suffix, key in (("", "uplift"), ("_low", "low"), ("_high", "high"))})
+            for kind in ("uplift", "cuped_uplift"):
+                for metric, uplift in entry.get(kind, {}).items():
+                    if uplift["uplift"] is not None:
+                        mlflow.log_metrics({f"{variant}.{metric}_{kind}{suffix}": uplift[key]
+                                            for suffix, key in (("", "uplift"), ("_low", "low"), ("_high", "high"))})
         mlflow.log_dict(report, "ab_report.json")
     print(f"report in {target}")
     return 0

@@ -298,7 +298,8 @@ def _manifest(config, tables, registered, run_date, n_active, n_open, experiment
                   "content_version": registered.model.version_},
         "config_sha256": config_hash,
         "data_fingerprint": tables.fingerprint,
-        "experiments": {e.name: {"salt": e.salt, "variants": {
+        # "order": the declared order of the variants (the control first); the keys are sorted
+        "experiments": {e.name: {"salt": e.salt, "order": [v.name for v in e.variants], "variants": {
             v.name: {"strategy": v.strategy, "weight": v.weight, "users": exported[e.name][v.name]}
             for v in e.variants}} for e in experiments},
     }
