@@ -96,6 +96,10 @@ def _validate(config: dict, source: str) -> None:
         values = settings[key] if isinstance(settings[key], list) else [settings[key]]
         if not values or not all(check(v) for v in values):
             problems.append(f"metamodel.{key} must be one or a list of {what}, got {settings[key]!r}")
+    tolerance = config["registry"]["promotion_tolerance"]
+    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not tolerance >= 0:
+        problems.append(f"registry.promotion_tolerance must be a number of at least 0 (absolute NDCG), "
+                        f"got {tolerance!r}")
     for key, known in _known_names().items():
         chosen = _setting(config, key)
         for name in chosen if isinstance(chosen, list) else [chosen]:

@@ -2,7 +2,8 @@
 
 Exit status: 0 on success, 2 when the input data or configuration is at fault or another
 run of the date holds its lease (the reason on stderr, nothing published), 1 on any other
-failure.
+failure; 3 when ``train --alias`` registered a version but left the alias where it was (the new
+version is worse than the one holding it).
 """
 from __future__ import annotations
 
@@ -89,11 +90,19 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train the meta-model on the days before DATE (as the nightly run of DATE would "
                     "see them) and register it as a new version of registry.model_name in the MLflow "
                     "tracking store (OUT/mlflow.db unless configured). With --alias, move that alias "
-                    "(e.g. champion, which the nightly run scores with) to the new version.")
+                    "(e.g. champion, which the nightly run scores with) to the new version, but only "
+                    "if its NDCG@top_k on its validation days is at most registry.promotion_tolerance "
+                    "below that of the version holding the alias, on the same examples (both scores "
+                    "are printed and logged to MLflow). Exit status: 0 when the alias moved (or none "
+                    "was asked for); 3 when the new version is worse: it is registered, the alias "
+                    "stays; 2 when the alias holder cannot be compared (it needs features this "
+                    "configuration does not produce): registered, the alias stays.")
     train.add_argument("--data", required=True, help="input folder in the data contract")
     train.add_argument("--date", required=True, type=_date, help="train on the days before it, YYYY-MM-DD")
     train.add_argument("--out", required=True, help="output folder (holds the default MLflow store)")
-    train.add_argument("--alias", help="alias to move to the new version (default: none)")
+    train.add_argument("--alias", help="alias to move to the new version if it is not worse (default: none)")
+    train.add_argument("--force", action="store_true",
+                       help="with --alias: move it even if the new version is worse or cannot be compared")
     train.add_argument("--conf", help="YAML configuration merged over conf/default.yaml")
     train.add_argument("--wait", action="store_true",
                        help="wait for another run holding OUT's image cache to finish instead of exiting 2")
@@ -209,11 +218,16 @@ def run_train_command(args) -> int:
     from ..jobs.pipeline import run_training
     from .spark import get_spark
 
+    if args.force and not args.alias:
+        raise ConfigError("--force moves an alias: give --alias too")
     config = _config_and_data(args)
     result = run_training(get_spark(config), args.data, args.date, args.out, config, args.alias,
-                          wait=args.wait)
-    print(f"registered {result.model_version}" + (f" with alias {args.alias!r}" if args.alias else ""))
-    return 0
+                          wait=args.wait, force=args.force)
+    if result.promotion is None:
+        print(f"registered {result.model_version} (no alias moved)")
+        return 0
+    print(f"registered {result.model_version}: {result.promotion.summary(result.model_version)}")
+    return 0 if result.promotion.moves_alias else 3
 
 
 def run_ab_report(args) -> int:

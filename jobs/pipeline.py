@@ -37,7 +37,7 @@ from .experiments import export_lines, parse_experiments
 from .lease import hold
 from .night_report import night_report
 from .publish import Night, PublishError, publish_parquet
-from .registry import load_metamodel, register_metamodel
+from .registry import Promotion, PromotionError, judge_promotion, load_metamodel, register_metamodel
 from .spark import executor_salerank
 from .tracking import start_run, tracking_uri
 
@@ -67,6 +67,7 @@ class TrainingResult:
     model_version: str  # NAME/VERSION in the model registry
     metrics: dict
     mlflow_run_id: str
+    promotion: Promotion | None = None  # what became of the alias, when one was asked for
 
 
 class Stages:
@@ -107,11 +108,15 @@ def _load(spark, data_dir, config, stages):
 
 
 def run_training(spark: SparkSession, data_dir: str, as_of: dt.date, out_dir: str, config: dict,
-                 alias: str | None = None, wait: bool = False) -> TrainingResult:
+                 alias: str | None = None, wait: bool = False, force: bool = False) -> TrainingResult:
     """Train the meta-model on the days before ``as_of`` and register it as a new version of
-    ``registry.model_name``, moving ``alias`` to it when given. Holds the lease ``image_cache``
-    (training writes the image cache): ``wait`` waits for its holder instead of raising
-    ``LeaseHeldError``."""
+    ``registry.model_name``. With ``alias``, move it to the new version if that is not worse
+    than the version holding it (``registry.judge_promotion``; ``force``: whatever the scores):
+    the result's ``promotion`` says which. Holds the lease ``image_cache`` (training writes the
+    image cache): ``wait`` waits for its holder instead of raising ``LeaseHeldError``.
+
+    Raises PromotionError, once the version is registered and the run finished, when the
+    version holding ``alias`` cannot be compared with the new one (and not ``force``)."""
     tracking_uri(config, out_dir)  # a remote OUT without a tracking store stops before any work
     stages = Stages()
     with (hold(spark, out_dir, "image_cache", config, wait=wait),
@@ -122,11 +127,19 @@ def run_training(spark: SparkSession, data_dir: str, as_of: dt.date, out_dir: st
             with stages("images"):
                 catalog = catalog.with_themes(run_image_stage(tables, data_dir, out_dir, config).sale_themes)
         with stages("train"):
-            model, metrics = _train(tables, catalog, recs.from_config(config, with_images), as_of, config)
+            model, metrics, examples = _train(tables, catalog, recs.from_config(config, with_images), as_of, config)
+        promotion = None
+        if alias:
+            with stages("promotion"):
+                promotion = judge_promotion(model, examples, metrics, config, alias, force)
         with stages("register"):
-            registered = register_metamodel(model, config, alias)
+            registered = register_metamodel(model, config, alias if promotion and promotion.moves_alias else None)
         mlflow.set_tag("registered_model_version", registered.label)
-        return TrainingResult(as_of, registered.label, metrics, run.info.run_id)
+    if promotion and promotion.decision == "incomparable":
+        raise PromotionError(f"registered {registered.label} without moving the alias: "
+                             f"{promotion.summary(registered.label)}. Compare them otherwise (salerank "
+                             f"backtest), then move it with --force or by hand")
+    return TrainingResult(as_of, registered.label, metrics, run.info.run_id, promotion)
 
 
 def run_nightly(spark: SparkSession, data_dir: str, run_date: dt.date, out_dir: str,
@@ -392,8 +405,9 @@ def rank_users(context, prototypes, model, users, config, timers: dict | None = 
 
 def _train(tables, catalog, prototypes, as_of, config):
     """Fit the meta-model for ``as_of`` and log its metrics, tuning grid, calibration and
-    coefficients to the active run."""
-    model, metrics, report = fit_metamodel(tables, catalog, prototypes, as_of, config)
+    coefficients to the active run. Returns the model, its metrics and its examples."""
+    days: dict = {}  # each training day's examples, as fit_metamodel computed them
+    model, metrics, report = fit_metamodel(tables, catalog, prototypes, as_of, config, days)
     mlflow.log_metrics(metrics)
     if report["grid"]:
         mlflow.log_text(pd.DataFrame(report["grid"]).to_csv(index=False), "metamodel_validation_grid.csv")
@@ -402,7 +416,8 @@ def _train(tables, catalog, prototypes, as_of, config):
         mlflow.log_figure(reliability_figure(report["reliability"]), "metamodel_reliability.png")
     mlflow.set_tag("model_content_version", model.version_)
     mlflow.log_dict(model.coefficients_, "metamodel_coefficients.json")
-    return model, metrics
+    examples = pd.concat([days[day] for day in sorted(days) if len(days[day])], ignore_index=True)
+    return model, metrics, examples
 
 
 def reliability_figure(table: pd.DataFrame):

@@ -5,14 +5,20 @@ A version records what it needs at scoring time as model metadata: its feature n
 scores it ranks within the user and to what depth, and a hash of the configuration sections that shape those
 features, so that a night whose configuration would feed it different features stops with a
 clear message instead of scoring nonsense.
+
+Training moves an alias only to a version that is not worse than the one holding it
+(:func:`judge_promotion`): both are ranked on the new version's validation examples.
 """
 from __future__ import annotations
 
 import copy
+import datetime as dt
 import hashlib
 import json
 import logging
 from dataclasses import dataclass
+
+import pandas as pd
 
 import mlflow
 from mlflow import MlflowClient
@@ -20,6 +26,7 @@ from mlflow.exceptions import MlflowException
 
 from ..conf import ConfigError
 from ..metamodel.model import MetaModel, signed_log1p
+from ..metamodel.promotion import incomparable, not_worse, validated_candidate, validation_ndcg, validation_split
 
 log = logging.getLogger("salerank")
 
@@ -72,6 +79,29 @@ def register_metamodel(model: MetaModel, config: dict, alias: str | None = None)
     return RegisteredModel(model, name, version, mlflow.active_run().info.run_id)
 
 
+def _alias_holder(name: str, alias: str):
+    """The registry's entry of the version of ``name`` that carries ``alias``, or None."""
+    try:
+        return MlflowClient().get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+def _load_version(name: str, version, uri: str) -> tuple[RegisteredModel, dict]:
+    """The meta-model of ``version`` (a registry entry; ``uri`` names it in messages) and its
+    metadata. Raises ConfigError when salerank did not register it."""
+    metadata = mlflow.models.get_model_info(f"models:/{name}/{version.version}").metadata or {}
+    features = metadata.get("feature_names")
+    if not features:
+        raise ConfigError(f"{uri} (version {version.version}) was not registered by salerank: "
+                          "its metadata has no feature_names")
+    # a version registered before rank_depth existed was trained on exact ranks (None)
+    model = MetaModel(features, metadata.get("C", 1.0), tuple(metadata.get("ranked", ())),
+                      metadata.get("rank_depth"))
+    model.pipeline_ = mlflow.sklearn.load_model(f"models:/{name}/{version.version}")
+    return RegisteredModel(model, name, str(version.version), version.run_id), metadata
+
+
 def load_metamodel(config: dict, needed_features: list[str]) -> RegisteredModel:
     """The version of ``registry.model_name`` that carries ``registry.alias``.
 
@@ -79,20 +109,15 @@ def load_metamodel(config: dict, needed_features: list[str]) -> RegisteredModel:
     ``needed_features`` (what this night's configuration produces) provides.
     """
     name, alias = config["registry"]["model_name"], config["registry"]["alias"]
-    try:
-        version = MlflowClient().get_model_version_by_alias(name, alias)
-    except MlflowException:
+    version = _alias_holder(name, alias)
+    if version is None:
         raise ConfigError(
             f"no version of the registered model {name!r} carries the alias {alias!r} in "
             f"{mlflow.get_tracking_uri()}: train one first with `salerank train --data DATA "
-            f"--date DATE --out OUT --alias {alias}`, or set registry.alias") from None
+            f"--date DATE --out OUT --alias {alias}`, or set registry.alias")
     uri = f"models:/{name}@{alias}"
-    metadata = mlflow.models.get_model_info(uri).metadata or {}
-    features = metadata.get("feature_names")
-    if not features:
-        raise ConfigError(f"{uri} (version {version.version}) was not registered by salerank: "
-                          "its metadata has no feature_names")
-    missing = sorted(set(features) - set(needed_features))
+    registered, metadata = _load_version(name, version, uri)
+    missing = sorted(set(registered.model.feature_names) - set(needed_features))
     if missing:
         raise ConfigError(
             f"{uri} (version {version.version}) needs the features {missing}, which this "
@@ -101,9 +126,118 @@ def load_metamodel(config: dict, needed_features: list[str]) -> RegisteredModel:
     if metadata.get("feature_config") != feature_config_hash(config):
         log.warning("%s (version %s) was trained with different recommender or signal settings "
                     "than this configuration: its weights may not fit these scores", uri, version.version)
-    # a version registered before rank_depth existed was trained on exact ranks (None)
-    model = MetaModel(features, metadata.get("C", 1.0), tuple(metadata.get("ranked", ())),
-                      metadata.get("rank_depth"))
-    model.pipeline_ = mlflow.sklearn.load_model(uri)
     log.info("scoring with %s version %s (run %s)", name, version.version, version.run_id)
-    return RegisteredModel(model, name, str(version.version), version.run_id)
+    return registered
+
+
+class PromotionError(ConfigError):
+    """The version holding the alias cannot be compared with the new one (exit 2): the new
+    version is registered, the alias stays where it is."""
+
+
+MOVES_ALIAS = ("first", "promoted", "forced")
+
+
+@dataclass(frozen=True)
+class Promotion:
+    """Whether training moved the alias, and why.
+
+    ``decision``: ``first`` (no version held the alias), ``promoted`` (not worse than the
+    champion by more than ``tolerance``), ``forced`` (``--force`` moved it although it was
+    worse or could not be compared), ``refused`` (worse: the alias stays) or ``incomparable``
+    (the champion cannot be scored on the new version's examples: the alias stays).
+    """
+
+    decision: str
+    alias: str
+    champion: str | None  # NAME/VERSION that held the alias before training
+    candidate_ndcg: float | None
+    champion_ndcg: float | None
+    tolerance: float
+    reason: str
+
+    @property
+    def moves_alias(self) -> bool:
+        return self.decision in MOVES_ALIAS
+
+    def summary(self, version: str) -> str:
+        """One line for the console: what happened to the alias, with both scores."""
+        scores = " ".join(f"{who} {value:.4f}" for who, value in
+                          (("new", self.candidate_ndcg), ("champion", self.champion_ndcg)) if value is not None)
+        moved = {"first": f"alias {self.alias!r} moved to {version} (no version held it)",
+                 "promoted": f"alias {self.alias!r} moved from {self.champion} to {version}",
+                 "forced": f"alias {self.alias!r} moved from {self.champion} to {version} by --force",
+                 }.get(self.decision, f"alias {self.alias!r} NOT moved: it stays on {self.champion}")
+        return f"{moved}; {self.reason}" + (f" (validation NDCG: {scores})" if scores else "")
+
+
+def judge_promotion(model: MetaModel, examples: pd.DataFrame, metrics: dict, config: dict,
+                    alias: str, force: bool = False) -> Promotion:
+    """Whether ``model``, just trained on ``examples`` (``metrics``: what training reported),
+    may take ``alias`` from the version holding it, logged to the active MLflow run.
+
+    Both are scored by NDCG@``top_k`` per (user, day) on the examples of the new model's
+    validation days (``metamodel.promotion``): the new one as it was validated (fitted on the
+    days before them), the champion as registered. The new one must be at most
+    ``registry.promotion_tolerance`` below. A champion fitted on some of those days (its run's
+    ``as_of`` and ``metamodel.train_days`` say) has seen their purchases: its score is
+    optimistic, which favours keeping it (a warning, and the tag
+    ``promotion.champion_fitted_days``). ``force`` moves the alias whatever the scores.
+
+    MLflow: metrics ``promotion.candidate_ndcg``, ``promotion.champion_ndcg``,
+    ``promotion.tolerance``, ``promotion.validation_lists``; tags ``promotion`` (the decision),
+    ``promotion.champion`` and ``promotion.reason``.
+    """
+    name, k = config["registry"]["model_name"], config["top_k"]
+    tolerance = float(config["registry"]["promotion_tolerance"])
+    _, validation = validation_split(examples, config["metamodel"]["validation_days"])
+    validated = validated_candidate(examples, model, metrics, config["metamodel"]["validation_days"])
+    candidate_ndcg, lists = validation_ndcg(validated, validation, k) if validated else (None, 0)
+    holder, champion_ndcg, fitted_days = _alias_holder(name, alias), None, None
+    champion = f"{name}/{holder.version}" if holder else None
+    if holder is None:
+        decision, reason = "first", "nothing to compare with"
+    else:
+        try:
+            registered, _ = _load_version(name, holder, f"models:/{name}@{alias}")
+            why = incomparable(registered.model, model)
+        except ConfigError as err:
+            registered, why = None, str(err)
+        if why:
+            decision, reason = "incomparable", f"{champion} cannot be scored on this version's examples: {why}"
+        elif validated is None:
+            decision, reason = "refused", ("training could not validate (too few days, or a single class "
+                                           "on the validation days): nothing shows it is not worse")
+        else:
+            champion_ndcg, _ = validation_ndcg(registered.model, validation, k)
+            fitted_days = _days_fitted_on(holder.run_id, sorted(validation["day"].unique()))
+            if fitted_days:
+                log.warning("%s was fitted on %d of the %d validation days: its score there is optimistic, "
+                            "which favours keeping it", champion, fitted_days, validation["day"].nunique())
+            better = not_worse(candidate_ndcg, champion_ndcg, tolerance)
+            decision = "promoted" if better else "refused"
+            reason = f"{'not ' if better else ''}worse than {champion} by more than the tolerance {tolerance:g}"
+        if force and decision in ("refused", "incomparable"):
+            decision, reason = "forced", f"{reason}; moved anyway (--force)"
+    promotion = Promotion(decision, alias, champion, candidate_ndcg, champion_ndcg, tolerance, reason)
+    mlflow.log_metrics({"promotion.tolerance": tolerance, "promotion.validation_lists": float(lists),
+                        **({"promotion.candidate_ndcg": candidate_ndcg} if candidate_ndcg is not None else {}),
+                        **({"promotion.champion_ndcg": champion_ndcg} if champion_ndcg is not None else {})})
+    mlflow.set_tags({"promotion": decision, "promotion.reason": reason[:5000],
+                     **({"promotion.champion": champion} if champion else {}),
+                     **({"promotion.champion_fitted_days": fitted_days} if fitted_days is not None else {})})
+    (log.warning if decision in ("refused", "incomparable", "forced") else log.info)(
+        "promotion to %r: %s (%s)", alias, decision, reason)
+    return promotion
+
+
+def _days_fitted_on(run_id: str, days: list) -> int | None:
+    """How many of ``days`` the training run ``run_id`` fitted on (the ``train_days`` days
+    before its ``as_of``), or None when its parameters do not say."""
+    params = MlflowClient().get_run(run_id).data.params
+    try:
+        as_of = dt.date.fromisoformat(params["as_of"])
+        first = as_of - dt.timedelta(days=int(params["metamodel.train_days"]))
+    except (KeyError, ValueError):
+        return None
+    return sum(first <= pd.Timestamp(day).date() < as_of for day in days)
