@@ -56,7 +56,7 @@ _POSITIVE = ("top_k", "active_lookback_days", "spark.shuffle_partitions", "spark
              "recommenders.als.factors", "recommenders.als.iterations", "recommenders.bpr.factors",
              "recommenders.bpr.iterations", "recommenders.bpr.threads", "image_labelling.top_k",
              "image_labelling.themes", "metamodel.train_days", "metamodel.validation_days",
-             "metamodel.negatives_per_purchase")
+             "metamodel.negatives_per_purchase", "metamodel.calibration_pairs")
 _NON_NEGATIVE = ("report.sample_users",)
 _NULL_OR_NON_NEGATIVE = ("max_data_lag_days",)
 _NULL_OR_POSITIVE = ("metamodel.rank_depth",)

@@ -30,12 +30,14 @@ from .. import recommenders as recs
 from ..conf import ConfigError, flatten
 from ..features.history import Catalog, ScoringContext
 from ..features.loading import load_tables
+from ..metamodel.calibration import calibration_check
 from ..metamodel.evaluation import LEVEL, PER_USER, Resampled, per_user_metrics, verdict
+from ..metamodel.features import signals_from_config
 from ..metamodel.ranking import METAMODEL
 from ..metamodel.training import TrainingDataError
 from ..recommenders.scoring import released
 from .lease import hold
-from .pipeline import Stages, fit_metamodel, rank_users, run_image_stage
+from .pipeline import Stages, calibration_pairs, fit_metamodel, rank_users, run_image_stage
 from .publish import publish_parquet
 from ..storage import FileSystem, join
 from .tracking import start_run, tracking_uri
@@ -133,20 +135,24 @@ def run_backtest(spark: SparkSession, data_dir: str, start: dt.date, end: dt.dat
         prototypes = recs.from_config(config, with_images=with_images)
         pairs = comparison_pairs([r.name for r in prototypes], compare or [])
         if with_images:
-            with stages("images"):  # photos and labels are sale metadata, known before any date
+            # photos and labels are sale metadata, known before any date: one tagger and themes,
+            # fitted here on the labels given (not a registered version's), for every date
+            with stages("images"):
                 with hold(spark, out_dir, "image_cache", config, wait=True):  # shared with train, nightly
-                    catalog = catalog.with_themes(run_image_stage(tables, data_dir, out_dir, config).sale_themes)
+                    themes, _ = run_image_stage(tables, data_dir, out_dir, config)
+                    catalog = catalog.with_themes(themes.sale_themes)
         examples_cache: dict = {}
-        per_user, per_day_coverage, skipped = [], [], {}
+        per_user, per_day_coverage, skipped, calibration = [], [], {}, {}
         dates = _dates(start, end)
         for i, day in enumerate(dates, 1):
             log.info("backtest day %d of %d (%s)", i, len(dates), day)
             with stages(f"day {day}"):
                 reason = _replay_day(tables, catalog, prototypes, day, out_dir, config, truth_days,
-                                     users, new_sale_days, examples_cache, per_user, per_day_coverage)
+                                     users, new_sale_days, examples_cache, per_user, per_day_coverage,
+                                     calibration)
             # the next date trains on the train_days days before it: older days are done with
             first = day + dt.timedelta(days=1 - config["metamodel"]["train_days"])
-            for done in [d for d in examples_cache if d < first]:
+            for done in [key for key in examples_cache if _cached_day(key) < first]:
                 del examples_cache[done]
             if reason:
                 skipped[str(day)] = reason
@@ -158,6 +164,7 @@ def run_backtest(spark: SparkSession, data_dir: str, start: dt.date, end: dt.dat
                                     replicates, config["seed"])
         metrics = _metrics_document(overall, daily, cover, k, start, end, truth_days, users,
                                     new_sale_days, skipped, pairs, replicates, config["seed"])
+        metrics["calibration"] = calibration_document(calibration)
         per_day = _per_day_table(daily, cover, k)
         target = join(out_dir, "metrics.json")  # a reader sees the old file or the whole new one
         FileSystem(spark, target).write_bytes(target, json.dumps(metrics, indent=2).encode())
@@ -166,8 +173,13 @@ def run_backtest(spark: SparkSession, data_dir: str, start: dt.date, end: dt.dat
         return BacktestResult(metrics, per_day, str(out_dir), parent.info.run_id)
 
 
+def _cached_day(key) -> dt.date:
+    """The day of a cache entry: a day's training examples, or ``("pairs", day)``."""
+    return key[-1] if isinstance(key, tuple) else key
+
+
 def _replay_day(tables, catalog, prototypes, day, out_dir, config, truth_days, users, new_sale_days,
-                examples_cache, per_user, per_day_coverage) -> str | None:
+                examples_cache, per_user, per_day_coverage, calibration) -> str | None:
     """Rank, publish and evaluate one date; the reason when it cannot be replayed."""
     context = ScoringContext.build(tables, catalog, day)
     if len(context.open_idx) == 0:
@@ -184,6 +196,11 @@ def _replay_day(tables, catalog, prototypes, day, out_dir, config, truth_days, u
                 return f"meta-model not trainable: {err}"
             recommended, lists = _rank_and_publish(context, prototypes, model, ranked_users, truth,
                                                    out_dir, config)
+            # the published probabilities of the day against its purchases, on every ranked pair
+            pairs = calibration_pairs(tables, catalog, prototypes + signals_from_config(config),
+                                      model.feature_names, [day], config, examples_cache)
+            calibration[day] = (pairs, model.probability(model.log_odds(
+                pairs[model.feature_names].to_numpy(dtype=float))))
         finally:
             ranked_users.unpersist()
     for strategy, sales in zip(lists["strategy"], lists["sales"]):
@@ -193,6 +210,24 @@ def _replay_day(tables, catalog, prototypes, day, out_dir, config, truth_days, u
         rows = per_user_metrics(recommended, part, config["top_k"])
         per_user.append(rows.assign(day=day, segment=segment))
     return None
+
+
+def calibration_document(days: dict) -> dict:
+    """Expected (the published probabilities summed over every ranked pair, estimated from the
+    day's weighted pairs) against observed purchases: per day, on average over days, and the
+    reliability table of all days' pairs (``metamodel/calibration.py``)."""
+    if not days:
+        return {}
+    per_day = {str(day): calibration_check(p, pairs)[0] for day, (pairs, p) in days.items()}
+    pooled, table = calibration_check(np.concatenate([p for _, p in days.values()]),
+                                      pd.concat([pairs for pairs, _ in days.values()], ignore_index=True))
+    ratios = [d["expected_over_observed"] for d in per_day.values() if d["observed_purchases"]]
+    return {"definition": "expected_purchases: the sum of the published purchase probabilities over "
+                          "every pair ranked on the day (active user x open sale not yet bought, "
+                          "estimated from a weighted uniform sample); observed_purchases: their purchases",
+            "mean_expected_over_observed": float(np.mean(ratios)) if ratios else None,
+            "pooled": pooled, "per_day": per_day,
+            "reliability": table.reset_index().to_dict(orient="records")}
 
 
 def _rank_and_publish(context, prototypes, model, users, truth, out_dir, config):

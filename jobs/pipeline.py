@@ -29,7 +29,8 @@ from ..image_labelling.stage import tag_images
 from ..features.loading import check_fresh, load_tables
 from ..metamodel.evaluation import ranking_metrics
 from ..metamodel.ranking import METAMODEL, RANKING_SCHEMA, RankTopK
-from ..metamodel.features import signals_from_config
+from ..metamodel.calibration import calibration_check, day_pairs
+from ..metamodel.features import rank_name, signals_from_config
 from ..metamodel.training import TrainingDataError, feature_names, train_metamodel, training_examples
 from ..recommenders.scoring import released, score_users
 from ..storage import FileSystem, join
@@ -384,12 +385,37 @@ def fit_metamodel(tables, catalog, prototypes, as_of, config, cache: dict | None
                                  settings["negatives_per_purchase"], config["seed"],
                                  config["spark"]["scoring_partitions"], cache, ranked,
                                  settings["rank_depth"])
+    features = feature_names(scorers, ranked)
     model, metrics, report = train_metamodel(
-        examples, feature_names(scorers, ranked), ranked, _candidates(settings["C"]),
+        examples, features, ranked, _candidates(settings["C"]),
         _candidates(settings["negative_ratios"]), settings["validation_days"], settings["rank_depth"])
+    validation = [as_of - dt.timedelta(days=d) for d in range(settings["validation_days"], 0, -1)]
+    pairs = calibration_pairs(tables, catalog, scorers, features, validation, config, cache)
+    model.calibrate(pairs)
+    check, report["calibration"] = calibration_check(model.probability(
+        model.log_odds(pairs[features].to_numpy(dtype=float))), pairs)
+    metrics.update({"calibration_slope": model.calibration_[0], "calibration_intercept": model.calibration_[1],
+                    "calibration_pairs": check["pairs"], "calibration_purchases": check["observed_purchases"]})
     log.info("meta-model %s trained on %d examples: %s", model.version_, len(examples),
              ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
     return model, metrics, report
+
+
+def calibration_pairs(tables, catalog, scorers, features, days, config, cache: dict | None = None):
+    """The unsampled pairs of ``days`` (``metamodel/calibration.py``): they calibrate the
+    meta-model on its validation days, and measure it on a backtest's days. A day's pairs do not
+    depend on the model and are kept in ``cache`` like its training examples."""
+    settings, cache = config["metamodel"], {} if cache is None else cache
+    ranked = tuple(n for n in (r.name for r in scorers) if rank_name(n) in features)
+    frames = []
+    for day in days:
+        if ("pairs", day) not in cache:
+            cache[("pairs", day)] = day_pairs(
+                tables, catalog, scorers, features, day, config["active_lookback_days"],
+                settings["calibration_pairs"], config["seed"], config["spark"]["scoring_partitions"],
+                ranked, settings["rank_depth"])
+        frames.append(cache[("pairs", day)])
+    return pd.concat(frames, ignore_index=True)
 
 
 def rank_users(context, prototypes, model, users, config, timers: dict | None = None,
@@ -414,6 +440,9 @@ def _train(tables, catalog, prototypes, as_of, config):
     if "reliability" in report:
         mlflow.log_text(report["reliability"].to_csv(), "metamodel_reliability.csv")
         mlflow.log_figure(reliability_figure(report["reliability"]), "metamodel_reliability.png")
+    # the published probability on the unsampled pairs it was calibrated on (the backtest
+    # measures it on later days)
+    mlflow.log_text(report["calibration"].to_csv(), "metamodel_calibration.csv")
     mlflow.set_tag("model_content_version", model.version_)
     mlflow.log_dict(model.coefficients_, "metamodel_coefficients.json")
     examples = pd.concat([days[day] for day in sorted(days) if len(days[day])], ignore_index=True)

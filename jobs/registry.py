@@ -69,6 +69,7 @@ def register_metamodel(model: MetaModel, config: dict, alias: str | None = None)
         pip_requirements=["scikit-learn", "numpy", "salerank"], skops_trusted_types=TRUSTED_TYPES,
         metadata={"feature_names": model.feature_names, "ranked": list(model.ranked), "C": model.C,
                   "rank_depth": model.rank_depth, "content_version": model.version_,
+                  "calibration": list(getattr(model, "calibration_", None) or []) or None,
                   "feature_config": feature_config_hash(config)})
     version = str(info.registered_model_version)
     if alias:
@@ -99,6 +100,8 @@ def _load_version(name: str, version, uri: str) -> tuple[RegisteredModel, dict]:
     model = MetaModel(features, metadata.get("C", 1.0), tuple(metadata.get("ranked", ())),
                       metadata.get("rank_depth"))
     model.pipeline_ = mlflow.sklearn.load_model(f"models:/{name}/{version.version}")
+    # (slope, intercept) of the published probability; None: registered before calibration
+    model.calibration_ = tuple(metadata["calibration"]) if metadata.get("calibration") else None
     return RegisteredModel(model, name, str(version.version), version.run_id), metadata
 
 

@@ -56,6 +56,7 @@ class MetaModel:
             FunctionTransformer(signed_log1p), StandardScaler(),
             LogisticRegression(C=self.C, max_iter=1000))
         self.pipeline_.fit(examples[self.feature_names].to_numpy(dtype=float), labels)
+        self.calibration_ = None  # a refit model's log-odds need their own calibration
         return self
 
     @property
@@ -72,15 +73,41 @@ class MetaModel:
                  [round(v, 12) for v in self.coefficients_.values()]]
         if self.rank_depth is not None:  # absent when None, so exact-rank versions keep theirs
             parts.append(self.rank_depth)
+        if getattr(self, "calibration_", None) is not None:  # likewise for uncalibrated versions
+            parts.append([round(v, 12) for v in self.calibration_])
         return "metamodel-" + hashlib.sha256(repr(parts).encode()).hexdigest()[:12]
 
     def predict_proba(self, features: np.ndarray) -> np.ndarray:
-        """Purchase probability for rows of features (columns in ``feature_names`` order)."""
+        """The fitted regression's probability for rows of features (columns in
+        ``feature_names`` order): of a purchase among sampled examples, not a real rate (see
+        :meth:`probability`)."""
         return self.pipeline_.predict_proba(features)[:, 1]
+
+    def log_odds(self, features: np.ndarray) -> np.ndarray:
+        """The regression's log-odds for rows of features."""
+        return self.pipeline_.decision_function(features)
+
+    def calibrate(self, pairs: pd.DataFrame) -> MetaModel:
+        """Fit ``calibration_`` on unsampled weighted pairs (``metamodel.calibration``)."""
+        from .calibration import fit_calibration
+
+        z = self.log_odds(pairs[self.feature_names].to_numpy(dtype=float))
+        self.calibration_ = fit_calibration(z, pairs["label"].to_numpy(), pairs["weight"].to_numpy())
+        return self
+
+    def probability(self, log_odds: np.ndarray) -> np.ndarray:
+        """The published purchase probability (that this user buys this sale on this day) of
+        log-odds from :meth:`logit_blocks`: calibrated when ``calibration_`` is set (a model
+        registered before calibration existed has none: its raw sigmoid)."""
+        calibration = getattr(self, "calibration_", None)
+        if calibration is None:
+            return expit(log_odds)
+        slope, intercept = calibration
+        return expit(slope * np.asarray(log_odds) + intercept)
 
     def score_blocks(self, scores: dict[str, np.ndarray]) -> np.ndarray:
         """Purchase probability for a ``users x sales`` block of each recommender's scores."""
-        return expit(self.logit_blocks(scores))
+        return self.probability(self.logit_blocks(scores))
 
     def logit_blocks(self, scores: dict[str, np.ndarray]) -> np.ndarray:
         """The log-odds of :meth:`score_blocks` (ranking by it needs no ``expit`` per pair).

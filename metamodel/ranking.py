@@ -6,7 +6,6 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 import scipy.sparse as sp
-from scipy.special import expit
 
 from ..recommenders.scoring import Block
 from .features import along_rows, compact
@@ -86,7 +85,7 @@ class RankTopK:
                 "user_id": user_ids.take(rows),
                 "rank": (ranks + 1).astype(np.int32),
                 "sale_id": sale_ids.take(cols[rows, ranks]),
-                "score": expit(best) if strategy == METAMODEL else best,
+                "score": self.model.probability(best) if strategy == METAMODEL else best,
             }))
         return pa.concat_tables(parts)
 
