@@ -164,8 +164,21 @@ def test_sampled_negatives_are_open_unbought_and_reproducible():
     assert len(b[b.label == 0]) == 3  # up to 2 per purchase: only 3 unbought sales are left
     assert (a.set_index("sale_id").x == pd.Series({"s10": 5, "s11": 4, "s12": 3, "s13": 2, "s14": 1})
             .reindex(a.sale_id).values).all()
+    # another seed: the same positives, another sample where there is a choice (a: 2 of s10,
+    # s13, s14), the same sales where there is none (b: all of s11, s12, s13) drawn in another order
+    def negatives(examples, user):
+        return sorted(examples[(examples.user_id == user) & (examples.label == 0)].sale_id)
+
     other_seed = SampleExamples(dt.date(2025, 1, 3), 2, seed=4)(block())
-    assert len(other_seed) == len(first)
+    positives = [frame[frame.label == 1][["user_id", "sale_id"]].values.tolist() for frame in (first, other_seed)]
+    assert positives[0] == positives[1] == [["a", "s12"], ["b", "s10"], ["b", "s14"]]
+    assert negatives(first, "a") == ["s10", "s14"] and negatives(other_seed, "a") == ["s13", "s14"]
+    assert negatives(first, "b") == negatives(other_seed, "b") == ["s11", "s12", "s13"]
+    # over seeds, a's every pair is drawn, and b's draw order (what a ratio keeps) changes
+    samples = [SampleExamples(dt.date(2025, 1, 3), 2, seed=seed)(block()) for seed in range(20)]
+    assert {tuple(negatives(s, "a")) for s in samples} == {("s10", "s13"), ("s10", "s14"), ("s13", "s14")}
+    orders = {tuple(s[(s.user_id == "b") & (s.label == 0)].draw) for s in samples}
+    assert len(orders) > 1 and all(sorted(o) == [0, 1, 2] for o in orders)
 
 
 @pytest.mark.parametrize("k", [1, 3, 10, 40])
