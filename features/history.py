@@ -114,14 +114,25 @@ class ScoringContext:
 
 
 def purchases_on(tables: Tables, catalog: Catalog, day: dt.date) -> DataFrame:
-    """Purchases made during ``day`` of sales open that day: ``user_id, sale_id, sale_idx``.
+    """Purchases made during ``day`` that a night could have recommended: of sales open that
+    day, and not bought by the same user before it. ``user_id, sale_id, sale_idx``.
 
-    These are the labels of ``day`` (training positives, evaluation truth); they are never
-    features: no :class:`ScoringContext` for ``day`` contains them.
+    These are the labels of ``day`` (training positives, calibration, evaluation truth); they
+    are never features: no :class:`ScoringContext` for ``day`` contains them. A repurchase is
+    left out because the night never recommends a sale its user has bought: a label it can
+    never earn would teach the meta-model, and count against it, for nothing.
     """
     start = F.lit(day).cast("timestamp")
-    return (tables.purchases
-            .filter((F.col("ts") >= start) & (F.col("ts") < start + F.expr("INTERVAL 1 DAY")))
+    return (not_bought_before(tables.purchases.filter(
+                (F.col("ts") >= start) & (F.col("ts") < start + F.expr("INTERVAL 1 DAY"))), tables, day)
             .join(catalog.index, "sale_id")
             .filter(F.col("sale_idx").isin([int(i) for i in catalog.open_on(day)]))
             .select("user_id", "sale_id", "sale_idx"))
+
+
+def not_bought_before(purchases: DataFrame, tables: Tables, day: dt.date) -> DataFrame:
+    """``purchases`` without the (user, sale) pairs that the user had bought before ``day``
+    (the pairs a night masks)."""
+    earlier = (tables.purchases.filter(F.col("ts") < F.lit(day).cast("timestamp"))
+               .select("user_id", "sale_id").distinct())
+    return purchases.join(earlier, ["user_id", "sale_id"], "left_anti")

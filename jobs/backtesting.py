@@ -28,7 +28,7 @@ from pyspark.sql import functions as F
 
 from .. import recommenders as recs
 from ..conf import ConfigError, flatten
-from ..features.history import Catalog, ScoringContext
+from ..features.history import Catalog, ScoringContext, not_bought_before
 from ..features.loading import load_tables
 from ..metamodel.calibration import calibration_check
 from ..metamodel.evaluation import LEVEL, PER_USER, Resampled, per_user_metrics, verdict
@@ -61,13 +61,14 @@ def _dates(start: dt.date, end: dt.date) -> list[dt.date]:
 
 
 def truth_window(tables, catalog: Catalog, day: dt.date, truth_days: int) -> pd.DataFrame:
-    """Purchases in ``[day, day + truth_days)`` of the sales open on ``day``:
+    """Purchases in ``[day, day + truth_days)`` of the sales open on ``day`` that the user had
+    not bought before ``day`` (the night's lists leave those out; ``purchases_on``):
     ``user_id, sale_id, amount`` (the purchase's amount, else the sale's price, else 0)."""
     start = F.lit(day).cast("timestamp")
     end = F.lit(day + dt.timedelta(days=truth_days)).cast("timestamp")
     open_ids = [str(s) for s in catalog.sale_ids(catalog.open_on(day))]
-    bought = (tables.purchases.filter((F.col("ts") >= start) & (F.col("ts") < end))
-              .filter(F.col("sale_id").isin(open_ids)))
+    bought = not_bought_before(tables.purchases.filter((F.col("ts") >= start) & (F.col("ts") < end))
+                               .filter(F.col("sale_id").isin(open_ids)), tables, day)
     amount = F.col("amount") if "amount" in tables.purchases.columns else F.lit(None).cast("double")
     truth = bought.select("user_id", "sale_id", amount.alias("amount")).toPandas()
     if "price" in catalog.sales.columns:

@@ -388,7 +388,8 @@ def fit_metamodel(tables, catalog, prototypes, as_of, config, cache: dict | None
     features = feature_names(scorers, ranked)
     model, metrics, report = train_metamodel(
         examples, features, ranked, _candidates(settings["C"]),
-        _candidates(settings["negative_ratios"]), settings["validation_days"], settings["rank_depth"])
+        _candidates(settings["negative_ratios"]), settings["validation_days"], settings["rank_depth"],
+        config["top_k"])
     validation = [as_of - dt.timedelta(days=d) for d in range(settings["validation_days"], 0, -1)]
     pairs = calibration_pairs(tables, catalog, scorers, features, validation, config, cache)
     model.calibrate(pairs)
@@ -445,7 +446,8 @@ def _train(tables, catalog, prototypes, as_of, config):
     mlflow.log_text(report["calibration"].to_csv(), "metamodel_calibration.csv")
     mlflow.set_tag("model_content_version", model.version_)
     mlflow.log_dict(model.coefficients_, "metamodel_coefficients.json")
-    examples = pd.concat([days[day] for day in sorted(days) if len(days[day])], ignore_index=True)
+    training_days = sorted(key for key in days if not isinstance(key, tuple))  # not ("pairs", day)
+    examples = pd.concat([days[day] for day in training_days if len(days[day])], ignore_index=True)
     return model, metrics, examples
 
 

@@ -142,3 +142,27 @@ class Resampled:
         """Per metric, the paired 95 % percentile interval of mean(b) - mean(a)."""
         low, high = percentile_interval(self._of(b) - self._of(a))
         return {m: (float(x), float(y)) for m, x, y in zip(PER_USER, low, high)}
+
+
+def validation_ndcg(model, examples: pd.DataFrame, k: int) -> tuple[float, int]:
+    """NDCG@k of ``model`` over the (user, day) lists of labelled ``examples``, and how many
+    lists.
+
+    A list is one buyer's examples of one day: the sales they bought (relevant) and the
+    negatives sampled among the sales open that day that they did not buy (every sampled
+    negative, ``metamodel.negatives_per_purchase`` per purchase, not the subsample a model
+    was fitted with). The model ranks each list by its probability (ties by ``sale_id``, never
+    by label) and its NDCG@k is averaged over the lists with equal weight (binary relevance,
+    as ``per_user_metrics``). With about ten negatives per purchase a list is short, so this
+    is higher than the NDCG of a night, which ranks every open sale: it compares models on the
+    same rows, it does not predict a night's number.
+    """
+    frame = examples[["user_id", "day", "sale_id", "label"]].copy()
+    frame["list"] = frame["user_id"].astype(str) + "\x1f" + frame["day"].astype(str)
+    frame["score"] = model.predict_proba(examples[model.feature_names].to_numpy(dtype=float))
+    frame = frame.sort_values(["list", "score", "sale_id"], ascending=[True, False, True], kind="stable")
+    frame["rank"] = frame.groupby("list").cumcount() + 1
+    recommended = frame.rename(columns={"user_id": "buyer", "list": "user_id"}).assign(strategy="model")
+    bought = recommended.loc[recommended["label"] == 1, ["user_id", "sale_id"]]
+    per_list = per_user_metrics(recommended[["strategy", "user_id", "rank", "sale_id"]], bought, k)
+    return float(per_list["ndcg"].mean()), len(per_list)

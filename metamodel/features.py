@@ -78,8 +78,12 @@ class PriceFit(Recommender):
 
 
 class Recency(Recommender):
-    """Days since the user's last visit or purchase (``NO_HISTORY_DAYS`` if none): the same
-    for every sale, it lets the model trust personal scores less for lapsed users."""
+    """Days since the user's last visit or purchase (``NO_HISTORY_DAYS`` if none).
+
+    The same for every sale of a user, so in the linear meta-model it cannot change the
+    ranking of any user's sales: it only moves the user's probabilities up or down together
+    (a lapsed user buys less). Not among the default signals; name it in
+    ``metamodel.signals`` for the calibrated probability's sake, not the ranking's."""
 
     name = "recency"
 

@@ -12,19 +12,11 @@ from __future__ import annotations
 
 import pandas as pd
 
-from .evaluation import per_user_metrics
+from .evaluation import validation_ndcg
 from .model import MetaModel
-from .training import subsample_negatives
+from .training import subsample_negatives, validation_split
 
-
-def validation_split(examples: pd.DataFrame, validation_days: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The examples before the validation days, and those of the validation days: the last
-    ``validation_days`` days that have examples (the last one when there are no more days
-    than that), as in ``train_metamodel``."""
-    days = sorted(examples["day"].unique())
-    held = days[-validation_days:] if len(days) > validation_days else days[-1:]
-    chosen = examples["day"].isin(held)
-    return examples[~chosen], examples[chosen]
+__all__ = ["incomparable", "not_worse", "validated_candidate", "validation_ndcg", "validation_split"]
 
 
 def validated_candidate(examples: pd.DataFrame, model: MetaModel, metrics: dict,
@@ -37,30 +29,6 @@ def validated_candidate(examples: pd.DataFrame, model: MetaModel, metrics: dict,
     earlier, _ = validation_split(examples, validation_days)
     sample = subsample_negatives(earlier, int(metrics["chosen_negative_ratio"]))
     return MetaModel(model.feature_names, metrics["chosen_C"], model.ranked, model.rank_depth).fit(sample)
-
-
-def validation_ndcg(model: MetaModel, examples: pd.DataFrame, k: int) -> tuple[float, int]:
-    """NDCG@k of ``model`` over the (user, day) lists of labelled ``examples``, and how many
-    lists.
-
-    A list is one buyer's examples of one day: the sales they bought (relevant) and the
-    negatives sampled among the sales open that day that they did not buy (every sampled
-    negative, ``metamodel.negatives_per_purchase`` per purchase, not the subsample a model
-    was fitted with). The model ranks each list by its probability (ties by ``sale_id``, never
-    by label) and its NDCG@k is averaged over the lists with equal weight (binary relevance,
-    as ``per_user_metrics``). With about ten negatives per purchase a list is short, so this
-    is higher than the NDCG of a night, which ranks every open sale: it compares models on the
-    same rows, it does not predict a night's number.
-    """
-    frame = examples[["user_id", "day", "sale_id", "label"]].copy()
-    frame["list"] = frame["user_id"].astype(str) + "\x1f" + frame["day"].astype(str)
-    frame["score"] = model.predict_proba(examples[model.feature_names].to_numpy(dtype=float))
-    frame = frame.sort_values(["list", "score", "sale_id"], ascending=[True, False, True], kind="stable")
-    frame["rank"] = frame.groupby("list").cumcount() + 1
-    recommended = frame.rename(columns={"user_id": "buyer", "list": "user_id"}).assign(strategy="model")
-    bought = recommended.loc[recommended["label"] == 1, ["user_id", "sale_id"]]
-    per_list = per_user_metrics(recommended[["strategy", "user_id", "rank", "sale_id"]], bought, k)
-    return float(per_list["ndcg"].mean()), len(per_list)
 
 
 def incomparable(champion: MetaModel, candidate: MetaModel) -> str | None:

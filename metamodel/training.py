@@ -19,6 +19,7 @@ from ..features.history import Catalog, ScoringContext, purchases_on
 from ..features.loading import Tables
 from ..recommenders import Recommender, fit_all
 from ..recommenders.scoring import Block, released, score_users
+from .evaluation import validation_ndcg
 from .features import rank_name, with_ranks
 from .model import MetaModel
 
@@ -139,34 +140,49 @@ def reliability(probability: np.ndarray, labels: np.ndarray, bins: int = 10) -> 
     return table
 
 
+def validation_split(examples: pd.DataFrame, validation_days: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The examples before the validation days, and those of the validation days: the last
+    ``validation_days`` days that have examples (the last one when there are no more days
+    than that)."""
+    days = sorted(examples["day"].unique())
+    held = days[-validation_days:] if len(days) > validation_days else days[-1:]
+    chosen = examples["day"].isin(held)
+    return examples[~chosen], examples[chosen]
+
+
 def train_metamodel(examples: pd.DataFrame, features: list[str], ranked: tuple[str, ...] = (),
                     C: tuple[float, ...] = (1.0,), negative_ratios: tuple[int, ...] = (5,),
-                    validation_days: int = 1, rank_depth: int | None = None) -> tuple[MetaModel, dict, dict]:
+                    validation_days: int = 1, rank_depth: int | None = None,
+                    k: int = 10) -> tuple[MetaModel, dict, dict]:
     """Choose ``C`` and the negatives ratio on a validation period, then fit on every day.
 
-    The last ``validation_days`` days are the validation period: each candidate is fitted
-    on the days before it and scored by AUC on it (with every sampled negative, so that
-    ratios compare fairly); the best (ties: smaller C, then smaller ratio) is refitted on
-    all days.  With too little data to validate, the largest ratio and the middle C are used.
+    The last ``validation_days`` days are the validation period (:func:`validation_split`):
+    each candidate is fitted on the days before it and scored by what the night is judged by,
+    a per-user ranking metric: NDCG@``k`` over the validation days' (user, day) lists, with
+    every sampled negative so that ratios compare fairly (``evaluation.validation_ndcg``). The
+    best (ties: smaller C, then smaller ratio) is refitted on all days. Pooled AUC and log loss
+    are reported beside it: AUC mixes users, and a model can raise it by ranking buyers above
+    each other without ranking any one user's sales better. With too little data to validate,
+    the largest ratio and the middle C are used.
 
     Returns the model, its metrics, and a report: the validation grid and the reliability
     table of the chosen candidate on the validation period.
     """
-    days = sorted(examples["day"].unique())
-    held = days[-validation_days:] if len(days) > validation_days else days[-1:]
-    earlier, validation = examples[~examples["day"].isin(held)], examples[examples["day"].isin(held)]
+    earlier, validation = validation_split(examples, validation_days)
     metrics = {"train_examples": float(len(examples)), "train_positives": float(examples["label"].sum()),
-               "train_days": float(len(days))}
+               "train_days": float(examples["day"].nunique())}
     choice, grid, report = (sorted(C)[len(C) // 2], max(negative_ratios)), [], {}
     if earlier["label"].nunique() == 2 and validation["label"].nunique() == 2:
         for ratio in sorted(negative_ratios):
             sample = subsample_negatives(earlier, ratio)
             for c in sorted(C):
-                result = MetaModel(features, c, ranked, rank_depth).fit(sample).evaluate(validation)
-                grid.append({"C": c, "negative_ratio": ratio, **result})
-        best = max(grid, key=lambda r: (round(r["auc"], 6), -r["C"], -r["negative_ratio"]))
+                candidate = MetaModel(features, c, ranked, rank_depth).fit(sample)
+                ndcg, _ = validation_ndcg(candidate, validation, k)
+                grid.append({"C": c, "negative_ratio": ratio, "ndcg": ndcg, **candidate.evaluate(validation)})
+        best = max(grid, key=lambda r: (round(r["ndcg"], 9), -r["C"], -r["negative_ratio"]))
         choice = (best["C"], best["negative_ratio"])
-        metrics.update({"validation_auc": best["auc"], "validation_log_loss": best["log_loss"]})
+        metrics.update({"validation_ndcg": best["ndcg"], "validation_auc": best["auc"],
+                        "validation_log_loss": best["log_loss"]})
         chosen = MetaModel(features, choice[0], ranked, rank_depth).fit(subsample_negatives(earlier, choice[1]))
         report["reliability"] = reliability(
             chosen.predict_proba(validation[chosen.feature_names].to_numpy(dtype=float)),
@@ -174,5 +190,5 @@ def train_metamodel(examples: pd.DataFrame, features: list[str], ranked: tuple[s
     report["grid"] = grid
     metrics.update({"chosen_C": float(choice[0]), "chosen_negative_ratio": float(choice[1])})
     model = MetaModel(features, choice[0], ranked, rank_depth).fit(subsample_negatives(examples, choice[1]))
-    metrics.update({f"train_{k}": v for k, v in model.evaluate(examples).items()})
+    metrics.update({f"train_{name}": v for name, v in model.evaluate(examples).items()})
     return model, metrics, report

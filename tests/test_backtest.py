@@ -54,10 +54,14 @@ def test_metrics_json_covers_every_model_breakdown_and_day(backtest, world):
 
 
 def _truth(world, d: dt.date, truth_days: int) -> pd.DataFrame:
+    """What a list of day ``d`` could have found: purchases in the window of sales open on
+    ``d`` that the buyer had not bought before ``d`` (a list never holds those)."""
     sales = world.sales
     open_ids = set(sales[(sales.open_date <= d.isoformat()) & (sales.close_date >= d.isoformat())].sale_id)
     p = world.purchases
     window = p[(p.ts >= d.isoformat()) & (p.ts < (d + dt.timedelta(days=truth_days)).isoformat())]
+    before = set(zip(*p[p.ts < d.isoformat()][["user_id", "sale_id"]].values.T))
+    window = window[[pair not in before for pair in zip(window.user_id, window.sale_id)]]
     return window[window.sale_id.isin(open_ids)][["user_id", "sale_id"]].drop_duplicates()
 
 

@@ -50,7 +50,8 @@ def examples(n_users=300, seed=0):
         for u in range(n_users):
             useful = rng.exponential(1.0, 11)
             useful[0] += 1.5
-            rows.append(pd.DataFrame({"user_id": f"u{u}", "day": day, "label": [1] + [0] * 10,
+            rows.append(pd.DataFrame({"user_id": f"u{u}", "day": day, "sale_id": [f"s{i}" for i in range(11)],
+                                      "label": [1] + [0] * 10,
                                       "draw": [0, *rng.permutation(10)], "useful": useful,
                                       "noise": rng.exponential(1.0, 11)}))
     return pd.concat(rows, ignore_index=True)
@@ -67,7 +68,7 @@ def test_tuning_searches_the_grid_on_the_validation_days():
                                              negative_ratios=(2, 10), validation_days=2)
     assert len(report["grid"]) == 4 and {r["C"] for r in report["grid"]} == {0.01, 1.0}
     assert sorted((r["C"], r["negative_ratio"]) for r in report["grid"]) == [(0.01, 2), (0.01, 10), (1.0, 2), (1.0, 10)]
-    assert metrics["validation_auc"] == pytest.approx(max(r["auc"] for r in report["grid"]))
+    assert metrics["validation_ndcg"] == pytest.approx(max(r["ndcg"] for r in report["grid"]))  # chosen by NDCG@10
     assert metrics["validation_auc"] > 0.75 and model.coefficients_["useful"] > 3 * abs(model.coefficients_["noise"])
     table = report["reliability"]
     assert table["examples"].sum() == 2 * 300 * 11  # every validation example is in a bin

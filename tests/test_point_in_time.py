@@ -34,3 +34,27 @@ def test_a_planted_future_event_cannot_change_a_past_example(spark, tables, cata
     # control: the same events a day earlier are history, and they do change the features
     earlier = examples(_plant(spark, tables, catalog, users, d - dt.timedelta(days=2)))
     assert not earlier.drop(columns=["label"]).equals(before.drop(columns=["label"]))
+
+
+def test_a_repurchase_is_never_a_label_because_no_night_can_recommend_it(spark):
+    """u1 buys s1 on the 2nd and again on the 4th; u2 buys s1 for the first time on the 4th.
+    A night of the 4th masks s1 for u1 (already bought), so u1's second purchase is neither
+    a training positive, nor calibration purchase, nor evaluation truth; u2's is all three."""
+    from salerank.features.history import Catalog, purchases_on
+    from salerank.features.loading import Tables
+    from salerank.jobs.backtesting import truth_window
+
+    sales = spark.createDataFrame([("s1", "Sale 1", dt.date(2025, 1, 1), dt.date(2025, 1, 10), 100.0)],
+                                  "sale_id string, title string, open_date date, close_date date, price double")
+    purchases = spark.createDataFrame(
+        [("u1", "s1", dt.datetime(2025, 1, 2, 9)), ("u1", "s1", dt.datetime(2025, 1, 4, 9)),
+         ("u2", "s1", dt.datetime(2025, 1, 4, 10))], "user_id string, sale_id string, ts timestamp")
+    users = spark.createDataFrame([("u1",), ("u2",)], "user_id string")
+    empty = spark.createDataFrame([], "sale_id string, image_path string")
+    tables = Tables(sales, empty, users, purchases.limit(0), purchases, None)
+    catalog = Catalog.from_tables(spark, tables)
+    day = dt.date(2025, 1, 4)
+    assert [(r.user_id, r.sale_id) for r in purchases_on(tables, catalog, day).collect()] == [("u2", "s1")]
+    assert truth_window(tables, catalog, day, 2)[["user_id", "sale_id"]].values.tolist() == [["u2", "s1"]]
+    # on the 2nd, u1's first purchase is a label like any other
+    assert [r.user_id for r in purchases_on(tables, catalog, dt.date(2025, 1, 2)).collect()] == ["u1"]
