@@ -57,13 +57,19 @@ IMAGE_LABELS = TableSpec(
     "image_labels", required={"image_path": "string", "tag": "string"}, table_required=False,
 )
 
+# the versions of a sale's terms (an extension, an early close, a new price), each in effect
+# from ``valid_from``: read as of each day, so that a later change does not leak into the past
+SALE_VERSIONS = TableSpec(
+    "sale_versions", required={"sale_id": "id", "valid_from": "timestamp"},
+    optional={"open_date": "date", "close_date": "date", "price": "double"}, table_required=False,
+)
 # what the website actually showed, for ``salerank ab report`` (docs/exports.md)
 EXPOSURES = TableSpec(
     "exposures", required={"user_id": "id", "experiment": "string", "variant": "string", "ts": "timestamp"},
     table_required=False,
 )
 
-TABLES = (SALES, SALE_IMAGES, USERS, VISITS, PURCHASES, IMAGE_LABELS, EXPOSURES)
+TABLES = (SALES, SALE_IMAGES, USERS, VISITS, PURCHASES, IMAGE_LABELS, SALE_VERSIONS, EXPOSURES)
 
 # Timestamps and dates outside this range are errors (a typo such as year 20244 or 0202).
 EARLIEST_YEAR, LATEST_YEAR = 1990, 2100

@@ -6,6 +6,7 @@ before ``d``, so nothing from day ``d`` or later can reach a feature computed fo
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from dataclasses import dataclass
 
@@ -17,22 +18,49 @@ from pyspark.sql import functions as F
 from .loading import Tables
 
 
+VERSIONED = ("open_date", "close_date", "price")  # the terms ``sale_versions`` may change
+
+
 @dataclass(frozen=True)
 class Catalog:
     """Every sale, indexed ``0..n-1`` in ``sale_id`` order (small: collected to the driver).
 
-    Sale metadata is known before a sale opens, so the catalogue itself carries no
-    information from the future; only events do.
+    ``sales`` is the latest snapshot. A sale's terms may change after it is announced (an
+    extension, an early close, a new price): with the optional ``sale_versions`` table,
+    :meth:`as_of` gives the terms known at the start of a day, and every point-in-time view
+    (:class:`ScoringContext`) uses it. Without that table the snapshot is assumed to have
+    held all along. The other metadata is known before a sale opens.
     """
 
     sales: pd.DataFrame  # sale_id, open_date, close_date, [destination, category, price], idx
     index: DataFrame  # Spark: sale_id -> sale_idx, for joining events
     themes: np.ndarray | None = None  # sales x image themes, rows in idx order
+    versions: pd.DataFrame | None = None  # sale_id, valid_from, [open_date, close_date, price]
 
     def with_themes(self, sale_themes: pd.DataFrame) -> Catalog:
         """This catalogue with each sale's image-theme weights (0 for sales without photos)."""
         aligned = sale_themes.reindex(self.sales["sale_id"]).fillna(0.0).to_numpy()
-        return Catalog(self.sales, self.index, aligned)
+        return dataclasses.replace(self, themes=aligned)
+
+    def as_of(self, day: dt.date) -> Catalog:
+        """The catalogue as known at the start of ``day``: each versioned sale with the terms
+        of its last version from before ``day`` (its first version if it has none yet: the
+        snapshot would show a later change); a version's empty value keeps the snapshot's."""
+        if self.versions is None or not len(self.versions):
+            return self
+        start = pd.Timestamp(day)
+        known = self.versions[self.versions["valid_from"] < start].groupby("sale_id").tail(1)
+        first = self.versions.groupby("sale_id").head(1)
+        current = pd.concat([known, first[~first["sale_id"].isin(known["sale_id"])]]).set_index("sale_id")
+        sales = self.sales.copy()
+        rows = sales["sale_id"].map(pd.Series(np.arange(len(current)), index=current.index))
+        has = rows.notna().to_numpy()
+        for column in (c for c in VERSIONED if c in current.columns and c in sales.columns):
+            values = current[column].to_numpy()[rows[has].astype(int).to_numpy()]
+            given = pd.notna(values)
+            target = np.flatnonzero(has)[given]
+            sales.loc[target, column] = values[given]
+        return dataclasses.replace(self, sales=sales, versions=None)
 
     @classmethod
     def from_tables(cls, spark: SparkSession, tables: Tables) -> Catalog:
@@ -42,7 +70,11 @@ class Catalog:
         sales = sales.reset_index(drop=True)
         sales["idx"] = np.arange(len(sales), dtype=np.int32)
         index = spark.createDataFrame(sales[["sale_id", "idx"]].rename(columns={"idx": "sale_idx"}))
-        return cls(sales, F.broadcast(index))
+        versions = None
+        if getattr(tables, "sale_versions", None) is not None:
+            versions = (tables.sale_versions.toPandas()
+                        .sort_values(["sale_id", "valid_from"], kind="stable").reset_index(drop=True))
+        return cls(sales, F.broadcast(index), versions=versions)
 
     def __len__(self) -> int:
         return len(self.sales)
@@ -73,7 +105,8 @@ class ScoringContext:
         purchases = tables.purchases.select("user_id", "sale_id", "ts", F.lit(True).alias("bought"))
         events = (visits.unionByName(purchases).filter(F.col("ts") < start)
                   .join(catalog.index, "sale_id").drop("sale_id"))
-        return cls(as_of, catalog, catalog.open_on(as_of), events)
+        known = catalog.as_of(as_of)  # the sales' terms as known that morning
+        return cls(as_of, known, known.open_on(as_of), events)
 
     def interactions(self, partitions: int | None = None) -> DataFrame:
         """One row per (user, sale) the user visited or bought: ``bought``, ``last_ts``;

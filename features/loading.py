@@ -65,6 +65,7 @@ class Tables:
     visits: DataFrame
     purchases: DataFrame
     image_labels: DataFrame | None
+    sale_versions: DataFrame | None = None  # optional: the sales' terms as they changed
     exposures: DataFrame | None = None  # optional: what the website showed (A/B reports)
     warnings: list[Problem] = field(default_factory=list)
     fingerprint: str = ""
@@ -286,11 +287,15 @@ def _check_cross_table(frames: dict, files: dict, errors: list[Problem],
     """Unknown sale and user ids, and events outside their sale's window: one pass per table."""
     sales = frames["sales"].select("sale_id", "open_date", "close_date", F.lit(True).alias("_known_sale"))
     users = frames["users"].select("user_id", F.lit(True).alias("_known_user"))
-    for name in ("visits", "purchases", "sale_images"):
-        joined = frames[name].join(F.broadcast(sales), "sale_id", "left")
+    for name in ("visits", "purchases", "sale_images", "sale_versions"):
+        if frames.get(name) is None:  # an optional table that is absent
+            continue
+        # a sale's window only for events (sale_versions has columns of the same names)
+        lookup = sales if name in ("visits", "purchases") else sales.select("sale_id", "_known_sale")
+        joined = frames[name].join(F.broadcast(lookup), "sale_id", "left")
         checks = [("sale_id", "names a sale that is not in sales", errors,
                    F.col("_known_sale").isNull())]
-        if name != "sale_images":
+        if name in ("visits", "purchases"):
             joined = joined.join(users, "user_id", "left")
             day = F.to_date("ts")
             checks += [("user_id", "names a user that is not in users", errors, F.col("_known_user").isNull()),

@@ -58,3 +58,55 @@ def test_a_repurchase_is_never_a_label_because_no_night_can_recommend_it(spark):
     assert truth_window(tables, catalog, day, 2)[["user_id", "sale_id"]].values.tolist() == [["u2", "s1"]]
     # on the 2nd, u1's first purchase is a label like any other
     assert [r.user_id for r in purchases_on(tables, catalog, dt.date(2025, 1, 2)).collect()] == ["u1"]
+
+
+def test_sale_versions_are_read_as_of_each_day(spark):
+    """s1 is announced to close on the 12th at 100; on the 10th it is extended to the 20th and
+    repriced to 80. As of the 8th, days_left and the price are the announced ones (the snapshot,
+    which shows the extension, would leak it); as of the 15th the new ones. Without versions the
+    snapshot holds all along."""
+    import numpy as np
+
+    from salerank.features.history import Catalog, ScoringContext
+    from salerank.features.loading import Tables
+    from salerank.metamodel.features import DaysLeft
+
+    sales = spark.createDataFrame([("s1", "Sale 1", dt.date(2025, 1, 1), dt.date(2025, 1, 20), 80.0),
+                                   ("s2", "Sale 2", dt.date(2025, 1, 1), dt.date(2025, 1, 30), 50.0)],
+                                  "sale_id string, title string, open_date date, close_date date, price double")
+    versions = spark.createDataFrame(
+        [("s1", dt.datetime(2024, 12, 20), dt.date(2025, 1, 12), 100.0),
+         ("s1", dt.datetime(2025, 1, 10, 15), dt.date(2025, 1, 20), 80.0)],
+        "sale_id string, valid_from timestamp, close_date date, price double")
+    events = spark.createDataFrame([("u1", "s1", dt.datetime(2025, 1, 2))], "user_id string, sale_id string, ts timestamp")
+    users = spark.createDataFrame([("u1",)], "user_id string")
+    empty = spark.createDataFrame([], "sale_id string, image_path string")
+
+    def known(day, with_versions=True):
+        tables = Tables(sales, empty, users, events, events.limit(0), None,
+                        sale_versions=versions if with_versions else None)
+        context = ScoringContext.build(tables, Catalog.from_tables(spark, tables), day)
+        terms = context.catalog.sales.set_index("sale_id")
+        return DaysLeft().fit(context).values_.tolist(), terms.loc["s1", "price"], len(context.open_idx)
+
+    assert known(dt.date(2025, 1, 8)) == ([4.0, 22.0], 100.0, 2)
+    assert known(dt.date(2025, 1, 10)) == ([2.0, 20.0], 100.0, 2)  # changed during the 10th: known on the 11th
+    assert known(dt.date(2025, 1, 15)) == ([5.0, 15.0], 80.0, 2)
+    assert known(dt.date(2025, 1, 8), with_versions=False) == ([12.0, 22.0], 80.0, 2)
+
+
+def test_a_version_of_an_unknown_sale_is_an_error(spark, tmp_path, world, world_dir):
+    import shutil
+
+    import pytest
+
+    from salerank.features.loading import DataValidationError, load_tables
+
+    data = tmp_path / "data"
+    shutil.copytree(world_dir / "data", data)
+    (data / "sale_versions.csv").write_text("sale_id,valid_from,close_date,price\n"
+                                            f"{world.sales.sale_id.iloc[0]},2025-03-01 10:00:00,2025-03-09,\n"
+                                            "nope,2025-03-01 10:00:00,2025-03-09,12.5\n")
+    with pytest.raises(DataValidationError) as caught:
+        load_tables(spark, str(data))
+    assert "sale_versions.csv" in str(caught.value) and "names a sale that is not in sales" in str(caught.value)
