@@ -350,11 +350,21 @@ def run_label_next(args) -> int:
     labels = tables.image_labels.toPandas() if tables.image_labels is not None else pd.DataFrame(
         columns=["image_path", "tag"])
     labelled = set(labels["image_path"])
+    unlabelled = [p for p in photos if p not in labelled]
+    if args.n < 1:
+        raise ConfigError(f"label-next: --n must be at least 1, got {args.n}")
+    if not unlabelled:
+        raise ConfigError(f"label-next: nothing left to label: all {len(photos)} photos of sale_images "
+                          "have a label in image_labels" if photos else
+                          "label-next: nothing to label: sale_images lists no photo")
     settings = config["image_labelling"]
     backbone = Backbone(settings["backbone"], settings["weights_cache_dir"])
-    pool = embed_in_chunks(backbone, spark, args.data, [p for p in photos if p not in labelled])
+    pool = embed_in_chunks(backbone, spark, args.data, unlabelled)
     for failure in pool.failures:
         print(f"salerank label-next: skipped {failure.path}: {failure.reason}", file=sys.stderr)
+    if not pool.paths:
+        raise ConfigError(f"label-next: none of the {len(unlabelled)} unlabelled photos could be read "
+                          "(see the skipped photos above)")
     probability = None  # no labels yet: propose the most typical photo of each region
     if len(labels):
         tagger, _ = train_tagger(backbone, labels, photo_bytes(spark, args.data, sorted(labelled)), config["seed"])

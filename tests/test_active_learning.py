@@ -56,3 +56,22 @@ def test_cold_start_proposes_the_centre_of_each_cluster():
     for i in best:  # the chosen one is its cluster's most central photo
         members = np.arange(i // 30 * 30, i // 30 * 30 + 30)
         assert scores[i] == scores[members].max()
+
+
+def test_label_next_with_nothing_left_to_label_says_so(world, world_dir, tmp_path, capsys):
+    """Every photo of sale_images labelled: exit 2 and the reason, before any model loads;
+    --n 0 likewise."""
+    import shutil
+
+    from salerank.jobs.cli import main
+
+    data = tmp_path / "data"
+    shutil.copytree(world_dir / "data", data)
+    every = pd.DataFrame({"image_path": sorted(set(world.sale_images.image_path)), "tag": "beach"})
+    every.to_csv(data / "image_labels.csv", index=False)
+    assert main(["label-next", "--data", str(data), "--n", "5"]) == 2
+    err = capsys.readouterr().err
+    assert f"nothing left to label: all {len(every)} photos of sale_images have a label" in err
+    assert "Traceback" not in err
+    assert main(["label-next", "--data", str(world_dir / "data"), "--n", "0"]) == 2
+    assert "--n must be at least 1, got 0" in capsys.readouterr().err
