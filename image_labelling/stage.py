@@ -124,24 +124,73 @@ def embed_in_chunks(backbone: Backbone, spark, data_dir: str, image_paths: list[
                       np.concatenate([e.logits for e in parts]), [f for e in parts for f in e.failures])
 
 
+def holdout_groups(images: list[tuple[str, bytes | None]], sales_of: dict[str, set[str]] | None = None) -> np.ndarray:
+    """A group number per image such that photos of one sale, and identical files (one content
+    hash) wherever they are used, share a group: a held-out set drawn by group never has a
+    sale, or a file, on both sides (photos of one sale look alike; a reused file is the same
+    photo). Union-find over the sales and content hashes of each image."""
+    parent = list(range(len(images)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    first_of: dict[tuple[str, str], int] = {}
+    for i, (path, content) in enumerate(images):
+        keys = [("sale", sale) for sale in sorted((sales_of or {}).get(path, ()))]
+        keys.append(("file", hashlib.sha256(content).hexdigest() if content is not None else path))
+        for key in keys:
+            j = first_of.setdefault(key, i)
+            parent[root(i)] = root(j)
+    roots = [root(i) for i in range(len(images))]
+    return np.unique(roots, return_inverse=True)[1]
+
+
+def held_out(groups: np.ndarray, share: float, seed: int) -> np.ndarray:
+    """Which items are held out: whole groups, taken in a seeded order while they fit within
+    ``share`` of the items (a group too large to fit is passed over)."""
+    sizes, room, chosen = np.bincount(groups), share * len(groups), []
+    for group in np.random.default_rng(seed).permutation(np.unique(groups)):
+        if sizes[group] <= room:
+            chosen.append(group)
+            room -= sizes[group]
+    return np.isin(groups, chosen)
+
+
 def train_tagger(backbone: Backbone, labels: pd.DataFrame, images: list[tuple[str, bytes | None]],
-                 seed: int, holdout: float = 0.2) -> tuple[ImageTagger, dict]:
+                 seed: int, holdout: float = 0.2,
+                 sales_of: dict[str, set[str]] | None = None) -> tuple[ImageTagger, dict]:
     """Fit the head on the hand-labelled images (``images``: their ``(image_path, content)``);
-    measure it on a held-out fifth first."""
+    measure it first on about a held-out fifth, drawn by whole groups of
+    :func:`holdout_groups` (``sales_of``: each photo's sales)."""
     grouped = labels.groupby("image_path")["tag"].apply(set)
-    embedded = backbone.embed_images([item for item in images if item[0] in grouped.index])
+    kept = [item for item in images if item[0] in grouped.index]
+    embedded = backbone.embed_images(kept)
     y_sets = [grouped[p] for p in embedded.paths]
-    order = np.random.default_rng(seed).permutation(len(y_sets))
-    n_test = int(len(order) * holdout)
+    group_of = dict(zip((p for p, _ in kept), holdout_groups(kept, sales_of)))
+    groups = np.array([group_of[p] for p in embedded.paths])
+    is_test = held_out(groups, holdout, seed)
     metrics = {}
-    if n_test >= 5:
-        test, train = order[:n_test], order[n_test:]
+    if is_test.sum() >= 5 and (~is_test).sum():
+        test, train = np.flatnonzero(is_test), np.flatnonzero(~is_test)
         held = ImageTagger(seed=seed).fit(embedded.vectors[train], [y_sets[i] for i in train])
         measured = tagging_metrics(held.predict_proba(embedded.vectors[test]),
                                    held.label_matrix([y_sets[i] for i in test]), held.tags_)
         metrics = {k: v for k, v in measured.items() if k != "per_tag"}
+        metrics.update({"held_out_photos": float(len(test)), "held_out_groups": float(len(np.unique(groups[test])))})
         metrics["per_tag"] = measured["per_tag"]
     return ImageTagger(seed=seed).fit(embedded.vectors, y_sets), metrics
+
+
+def _sales_of(sale_images: DataFrame | None, labels: pd.DataFrame) -> dict[str, set[str]]:
+    """The sales of each labelled photo."""
+    if sale_images is None:
+        return {}
+    pairs = sale_images.select("image_path", "sale_id").distinct().toPandas()
+    pairs = pairs[pairs["image_path"].isin(set(labels["image_path"]))]
+    return pairs.groupby("image_path")["sale_id"].apply(set).to_dict()
 
 
 def tag_images(sale_images: DataFrame, image_labels: DataFrame | None, data_dir: str,
@@ -155,7 +204,8 @@ def tag_images(sale_images: DataFrame, image_labels: DataFrame | None, data_dir:
     tagger = None
     if len(labels):
         labelled = photo_bytes(spark, data_dir, sorted(set(labels["image_path"])))
-        tagger, metrics = train_tagger(_backbone(name, weights_cache), labels, labelled, seed)
+        tagger, metrics = train_tagger(_backbone(name, weights_cache), labels, labelled, seed,
+                                       sales_of=_sales_of(sale_images, labels))
         head = tagger.head_.get_weights()  # kernel, bias: applied in numpy on the workers
         tags, version = tagger.tags_, tagger.version_
     else:

@@ -78,3 +78,34 @@ def test_without_hand_labels_imagenet_classes_are_the_tags(spark, config, tmp_pa
     failures = dict(result.failures)
     assert set(failures) == {"broken.jpg", "gone.jpg"} and failures["gone.jpg"] == "file not found"
     assert "not a readable image" in failures["broken.jpg"]
+
+
+def test_the_held_out_photos_share_no_sale_and_no_file_with_the_training_ones():
+    """Six sales of three photos; one file is reused by sales s0 and s5, and s1 and s2 share
+    an identical photo under two names: those sales must fall on one side together."""
+    import numpy as np
+
+    from salerank.image_labelling.stage import held_out, holdout_groups
+
+    images, sales_of = [], {}
+    for sale in range(6):
+        for k in range(3):
+            path = f"s{sale}/{k}.jpg"
+            images.append((path, f"photo {sale} {k}".encode()))
+            sales_of[path] = {f"s{sale}"}
+    sales_of["s0/0.jpg"] = {"s0", "s5"}  # one file used by two sales
+    images[3 * 2] = ("s2/0.jpg", b"photo 1 0")  # the same bytes as s1/0.jpg under another name
+    groups = holdout_groups(images, sales_of)
+    by_path = dict(zip((p for p, _ in images), groups))
+    # {s0, s5}, {s1, s2}, {s3}, {s4}
+    assert len(set(groups)) == 4
+    assert len({by_path[f"s{s}/{k}.jpg"] for s in (0, 5) for k in range(3)}) == 1
+    assert len({by_path[f"s{s}/{k}.jpg"] for s in (1, 2) for k in range(3)}) == 1
+    assert by_path["s3/0.jpg"] != by_path["s4/0.jpg"] != by_path["s0/1.jpg"]
+    for seed in range(20):
+        test = held_out(groups, 0.2, seed)
+        assert 0 < test.sum() <= 0.2 * len(groups) + 1e-9
+        sides = {}
+        for (path, content), held in zip(images, test):
+            for key in (*sales_of[path], content):
+                assert sides.setdefault(key, held) == held  # one side per sale and per file
