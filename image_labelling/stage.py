@@ -1,7 +1,8 @@
 """The nightly image stage: tag every sale photo inside Spark, with a cache.
 
-The tagger is chosen (and, with hand labels, trained) on the driver; the photos are then
-tagged per partition with ``mapInPandas``, the backbone loaded once per worker process.
+The tagger is given (the one registered with the meta-model) or chosen (and, with hand
+labels, trained) on the driver; the photos are then tagged per partition with
+``mapInPandas``, the backbone loaded once per worker process.
 The executors read the photos through Spark's ``binaryFile`` source, so the data folder may
 be on any Hadoop file system (HDFS, S3A, ...) with no mount shared by the workers.  An
 image already tagged by the same model version (same content hash) is read from the cache
@@ -23,7 +24,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from ..storage import FileSystem, join
-from .tagger import Backbone, Embeddings, ImageNetTagger, ImageTagger, tagging_metrics, top_tags
+from .tagger import Backbone, Embeddings, ImageNetTagger, ImageTagger, Tagger, tagging_metrics, top_tags
 
 log = logging.getLogger("salerank")
 
@@ -40,7 +41,7 @@ class TaggingResult:
     failures: list[tuple[str, str]] = field(default_factory=list)  # (image_path, reason)
     model_version: str = ""
     metrics: dict = field(default_factory=dict)
-    tagger: ImageTagger | None = None  # the trained head, when there were hand labels
+    tagger: Tagger | None = None  # what tagged the photos
     cached: list[DataFrame] = field(default_factory=list)  # what tags and cache are read from
 
     def release(self) -> None:
@@ -193,24 +194,32 @@ def _sales_of(sale_images: DataFrame | None, labels: pd.DataFrame) -> dict[str, 
     return pairs.groupby("image_path")["sale_id"].apply(set).to_dict()
 
 
-def tag_images(sale_images: DataFrame, image_labels: DataFrame | None, data_dir: str,
-               cache: DataFrame | None, config: dict, seed: int) -> TaggingResult:
-    """Tag every image of ``sale_images`` (paths relative to ``data_dir``, any Hadoop URI)."""
-    spark = sale_images.sparkSession
-    settings = config["image_labelling"]
-    name, weights_cache, k = settings["backbone"], settings["weights_cache_dir"], settings["top_k"]
+def fit_tagger(spark, image_labels: DataFrame | None, data_dir: str, config: dict, seed: int,
+               sale_images: DataFrame | None = None) -> tuple[Tagger, dict]:
+    """The tagger of ``image_labels`` (a head trained on the configured backbone) and its
+    held-out metrics; without labels, the backbone's ImageNet classes."""
+    name, weights_cache = config["image_labelling"]["backbone"], config["image_labelling"]["weights_cache_dir"]
     labels = image_labels.toPandas() if image_labels is not None else pd.DataFrame()
+    if not len(labels):
+        return Tagger(name), {}
+    labelled = photo_bytes(spark, data_dir, sorted(set(labels["image_path"])))
+    head, metrics = train_tagger(_backbone(name, weights_cache), labels, labelled, seed,
+                                 sales_of=_sales_of(sale_images, labels))
+    return Tagger(name, head), metrics
+
+
+def tag_images(sale_images: DataFrame, image_labels: DataFrame | None, data_dir: str,
+               cache: DataFrame | None, config: dict, seed: int, tagger: Tagger | None = None) -> TaggingResult:
+    """Tag every image of ``sale_images`` (paths relative to ``data_dir``, any Hadoop URI) with
+    ``tagger``, or when None with the one :func:`fit_tagger` learns from ``image_labels``."""
+    spark = sale_images.sparkSession
+    weights_cache, k = config["image_labelling"]["weights_cache_dir"], config["image_labelling"]["top_k"]
     metrics: dict = {}
-    tagger = None
-    if len(labels):
-        labelled = photo_bytes(spark, data_dir, sorted(set(labels["image_path"])))
-        tagger, metrics = train_tagger(_backbone(name, weights_cache), labels, labelled, seed,
-                                       sales_of=_sales_of(sale_images, labels))
-        head = tagger.head_.get_weights()  # kernel, bias: applied in numpy on the workers
-        tags, version = tagger.tags_, tagger.version_
-    else:
-        imagenet = ImageNetTagger()
-        head, tags, version = None, imagenet.tags_, f"{name}:{imagenet.version_}"
+    if tagger is None:
+        tagger, metrics = fit_tagger(spark, image_labels, data_dir, config, seed, sale_images)
+    name, tags, version = tagger.backbone, tagger.tags, tagger.version
+    # kernel, bias: applied in numpy on the workers
+    head = tagger.head.head_.get_weights() if tagger.head is not None else None
     log.info("tagging images with %s (%d tags)", version, len(tags))
     tagged = spark.sparkContext.accumulator(0)  # photos done, as the tasks finish
 

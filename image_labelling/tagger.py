@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +17,8 @@ import numpy as np
 
 from .backbone import BACKBONES, load_backbone, preprocess
 from .classes import imagenet_class_names
+
+HEAD_WEIGHTS, TAGGER_JSON = "head.weights.h5", "tagger.json"
 
 
 @dataclass
@@ -145,16 +148,40 @@ class ImageTagger:
             return ops.mean(loss, axis=-1)
 
         keras.utils.set_random_seed(self.seed)
-        head = keras.Sequential([
-            keras.Input((vectors.shape[1],)),
-            keras.layers.Dropout(0.2, seed=self.seed),
-            keras.layers.Dense(len(self.tags_), activation="sigmoid",
-                               kernel_regularizer=keras.regularizers.L2(self.l2)),
-        ])
+        head = self._network(vectors.shape[1], len(self.tags_))
         head.compile(optimizer=keras.optimizers.Adam(self.learning_rate), loss=weighted_bce)
         head.fit(vectors, y, epochs=self.epochs, batch_size=self.batch_size, shuffle=True, verbose=0)
         self.head_ = head
         return self
+
+    def _network(self, inputs: int, outputs: int):
+        import keras
+
+        return keras.Sequential([
+            keras.Input((inputs,)),
+            keras.layers.Dropout(0.2, seed=self.seed),
+            keras.layers.Dense(outputs, activation="sigmoid", kernel_regularizer=keras.regularizers.L2(self.l2)),
+        ])
+
+    def save(self, folder: str | Path) -> dict:
+        """Write the head's weights to ``folder/head.weights.h5`` (Keras weights: arrays, no
+        code); return what :meth:`load` needs besides them (JSON-able)."""
+        self.head_.save_weights(Path(folder) / HEAD_WEIGHTS)
+        return {"version": self.version_, "tags": list(self.tags_), "inputs": int(self.head_.input_shape[-1]),
+                "positive_weight": self.positive_weight_.tolist()}
+
+    @classmethod
+    def load(cls, folder: str | Path, described: dict) -> ImageTagger:
+        """The head :meth:`save` wrote to ``folder``, described by what it returned. Raises
+        ValueError unless the weights read are the ones of ``described['version']``."""
+        tagger = cls()
+        tagger.tags_ = list(described["tags"])
+        tagger.positive_weight_ = np.asarray(described["positive_weight"], np.float32)
+        tagger.head_ = tagger._network(int(described["inputs"]), len(tagger.tags_))
+        tagger.head_.load_weights(Path(folder) / HEAD_WEIGHTS)
+        if tagger.version_ != described["version"]:
+            raise ValueError(f"the head in {folder} is {tagger.version_}, not {described['version']}")
+        return tagger
 
     def label_matrix(self, labels: list[set[str]]) -> np.ndarray:
         index = {t: i for i, t in enumerate(self.tags_)}
@@ -188,6 +215,43 @@ class ImageNetTagger:
     def predict_proba_from_logits(self, logits: np.ndarray) -> np.ndarray:
         shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
         return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+@dataclass(frozen=True)
+class Tagger:
+    """What tags the photos: a backbone and, with hand labels, the head trained on its
+    embeddings (None: the backbone's ImageNet classes are the tags). Training saves it with the
+    meta-model version (:meth:`save`), and the nightly run tags with exactly that (:meth:`load`)."""
+
+    backbone: str
+    head: ImageTagger | None = None
+
+    @property
+    def tags(self) -> list[str]:
+        return self.head.tags_ if self.head is not None else ImageNetTagger().tags_
+
+    @property
+    def version(self) -> str:
+        """What the image cache is keyed by, with the photo's content hash."""
+        return self.head.version_ if self.head is not None else f"{self.backbone}:{ImageNetTagger.version_}"
+
+    def save(self, folder: str | Path) -> None:
+        """``folder/tagger.json`` (backbone, version, the head's tags) and, with a head,
+        ``folder/head.weights.h5``."""
+        described = {"backbone": self.backbone, "version": self.version,
+                     "head": self.head.save(folder) if self.head is not None else None}
+        (Path(folder) / TAGGER_JSON).write_text(json.dumps(described, indent=1))
+
+    @classmethod
+    def load(cls, folder: str | Path) -> Tagger:
+        """The tagger :meth:`save` wrote to ``folder``, without training anything. Raises
+        FileNotFoundError when a file is missing, ValueError when they do not agree."""
+        described = json.loads((Path(folder) / TAGGER_JSON).read_text())
+        head = described["head"]
+        tagger = cls(described["backbone"], ImageTagger.load(folder, head) if head is not None else None)
+        if tagger.version != described["version"]:
+            raise ValueError(f"the tagger in {folder} is {tagger.version}, not {described['version']}")
+        return tagger
 
 
 def top_tags(probability: np.ndarray, tags: list[str], k: int) -> list[list[tuple[str, float]]]:

@@ -14,7 +14,6 @@ import logging
 import time
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import mlflow
 import pandas as pd
@@ -35,6 +34,7 @@ from ..metamodel.training import TrainingDataError, feature_names, train_metamod
 from ..recommenders.scoring import released, score_users
 from ..storage import FileSystem, join
 from .experiments import export_lines, parse_experiments
+from .image_artefacts import ImageArtefacts, pinned_artefacts
 from .lease import hold
 from .night_report import night_report
 from .publish import Night, PublishError, publish_parquet
@@ -124,9 +124,11 @@ def run_training(spark: SparkSession, data_dir: str, as_of: dt.date, out_dir: st
           start_run(config, out_dir, run_name=f"train {as_of}") as run):
         mlflow.log_params({**flatten(config), "data_dir": str(data_dir), "as_of": str(as_of)})
         tables, catalog, with_images = _load(spark, data_dir, config, stages)
+        artefacts = None  # the tagger and themes, registered with the version (image_artefacts.py)
         if with_images:
             with stages("images"):
-                catalog = catalog.with_themes(run_image_stage(tables, data_dir, out_dir, config).sale_themes)
+                themes, artefacts = run_image_stage(tables, data_dir, out_dir, config)
+                catalog = catalog.with_themes(themes.sale_themes)
         with stages("train"):
             model, metrics, examples = _train(tables, catalog, recs.from_config(config, with_images), as_of, config)
         promotion = None
@@ -134,7 +136,8 @@ def run_training(spark: SparkSession, data_dir: str, as_of: dt.date, out_dir: st
             with stages("promotion"):
                 promotion = judge_promotion(model, examples, metrics, config, alias, force)
         with stages("register"):
-            registered = register_metamodel(model, config, alias if promotion and promotion.moves_alias else None)
+            registered = register_metamodel(model, config, alias if promotion and promotion.moves_alias else None,
+                                            images=artefacts.metadata() if artefacts else None)
         mlflow.set_tag("registered_model_version", registered.label)
     if promotion and promotion.decision == "incomparable":
         raise PromotionError(f"registered {registered.label} without moving the alias: "
@@ -183,9 +186,11 @@ def _nightly(spark, data_dir, run_date, out_dir, config, keep_rankings, night) -
         registered = load_metamodel(config, feature_names(scorers, ranked_names))
         mlflow.set_tags({"model_version": registered.label, "model_run_id": registered.run_id})
         themes = None
-        if with_images:  # the image cache is shared with training and other dates: wait for it
+        if with_images:  # exactly the champion's tagger and themes (exit 2 without them)
+            pinned = pinned_artefacts(registered, config["image_labelling"]["backbone"])
+            # the image cache is shared with training and other dates: wait for it
             with stages("images"), hold(spark, out_dir, "image_cache", config, wait=True):
-                themes = run_image_stage(tables, data_dir, out_dir, config, night)
+                themes, _ = run_image_stage(tables, data_dir, out_dir, config, night, pinned)
                 catalog = catalog.with_themes(themes.sale_themes)
         context = ScoringContext.build(tables, catalog, run_date)
         active = context.active_users(config["active_lookback_days"]).cache()
@@ -319,13 +324,18 @@ def _manifest(config, tables, registered, run_date, n_active, n_open, experiment
     }
 
 
-def run_image_stage(tables, data_dir, out_dir, config, night=None) -> Themes:
-    """Tag the photos (cached by content and model version), stage the tags and the themes
-    in ``night`` when given, and return the themes (``sale_themes``: each sale's weights)."""
+def run_image_stage(tables, data_dir, out_dir, config, night=None,
+                    pinned: ImageArtefacts | None = None) -> tuple[Themes, ImageArtefacts]:
+    """Tag the photos (cached by content and tagger version), stage the tags and the themes
+    in ``night`` when given, and return the themes (``sale_themes``: each sale's weights) with
+    what computed them. With ``pinned`` (a registered version's tagger and themes), exactly
+    those, the hand labels unread; without, a tagger trained on the hand labels and themes
+    fitted on its tags, both logged to the active run (training registers them)."""
     spark = tables.sales.sparkSession
     cache_path = join(out_dir, "image_cache")
     cache = spark.read.parquet(cache_path) if FileSystem(spark, out_dir).exists(cache_path) else None
-    result = tag_images(tables.sale_images, tables.image_labels, str(data_dir), cache, config, config["seed"])
+    result = tag_images(tables.sale_images, None if pinned else tables.image_labels, str(data_dir), cache,
+                        config, config["seed"], pinned.tagger if pinned else None)
     for path, reason in result.failures[:20]:
         log.warning("image skipped: %s: %s", path, reason)
     if len(result.failures) > 20:
@@ -342,33 +352,22 @@ def run_image_stage(tables, data_dir, out_dir, config, night=None) -> Themes:
     if result.metrics:
         mlflow.log_metrics({f"tagger_{k}": v for k, v in result.metrics.items() if k != "per_tag"})
         mlflow.log_dict(result.metrics["per_tag"], "tagger/per_tag_metrics.json")
-    if result.tagger is not None:
-        _log_tagger(result.tagger, config)
     if tags.empty:
         raise TrainingDataError("no sale photo could be tagged: see the skipped images above")
-    themes = fit_themes(tags, config["image_labelling"]["themes"], config["seed"])
+    themes = pinned.themes.transform(tags) if pinned else fit_themes(tags, config["image_labelling"]["themes"],
+                                                                     config["seed"])
     long = themes.sale_themes.reset_index().melt(id_vars="sale_id", var_name="theme", value_name="weight")
     if night is not None:
         night.write_parquet(spark.createDataFrame(long[long["weight"] > 0]), "themes", "sale_themes")
         night.write_parquet(spark.createDataFrame(themes.theme_tags), "themes", "theme_tags")
     table = theme_table(themes, tags.drop_duplicates("sale_id").set_index("sale_id")["image_path"])
     mlflow.log_text(table.map(" ".join).to_csv(), "themes.csv")
-    mlflow.sklearn.log_model(themes.model, name="themes_nmf", pip_requirements=["scikit-learn"])
-    log.info("%d themes: %s", len(themes.names), ", ".join(themes.names))
-    return themes
-
-
-def _log_tagger(tagger, config) -> None:
-    """The tagger's head (Keras weights), its tags and backbone, as MLflow artifacts."""
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        weights = Path(tmp) / "head.weights.h5"
-        tagger.head_.save_weights(weights)
-        mlflow.log_artifact(str(weights), "tagger")
-    mlflow.log_dict({"version": tagger.version_, "backbone": config["image_labelling"]["backbone"],
-                     "tags": tagger.tags_, "positive_weight": tagger.positive_weight_.tolist()},
-                    "tagger/tagger.json")
+    artefacts = pinned or ImageArtefacts(result.tagger, themes.model)
+    if pinned is None:
+        artefacts.log()
+    mlflow.set_tag("themes_version", themes.model.version)
+    log.info("%d themes (%s): %s", len(themes.names), themes.model.version, ", ".join(themes.names))
+    return themes, artefacts
 
 
 def _candidates(value) -> tuple:

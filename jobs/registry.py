@@ -4,7 +4,8 @@ scores with the version that carries an alias (``registry.alias``, e.g. ``champi
 A version records what it needs at scoring time as model metadata: its feature names, the
 scores it ranks within the user and to what depth, and a hash of the configuration sections that shape those
 features, so that a night whose configuration would feed it different features stops with a
-clear message instead of scoring nonsense.
+clear message instead of scoring nonsense; and the versions of the tagger and themes saved
+beside it, which the night computes its image features with (``image_artefacts.py``).
 
 Training moves an alias only to a version that is not worse than the one holding it
 (:func:`judge_promotion`): both are ranked on the new version's validation examples.
@@ -26,6 +27,7 @@ from mlflow.exceptions import MlflowException
 
 from ..conf import ConfigError
 from ..metamodel.model import MetaModel, signed_log1p
+from .image_artefacts import METADATA_KEY
 from ..metamodel.promotion import incomparable, not_worse, validated_candidate, validation_ndcg, validation_split
 
 log = logging.getLogger("salerank")
@@ -60,9 +62,11 @@ def feature_config_hash(config: dict) -> str:
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def register_metamodel(model: MetaModel, config: dict, alias: str | None = None) -> RegisteredModel:
+def register_metamodel(model: MetaModel, config: dict, alias: str | None = None,
+                       images: dict | None = None) -> RegisteredModel:
     """Log ``model`` in the active run, register it as a new version and, if ``alias`` is
-    given, move the alias to it."""
+    given, move the alias to it. ``images``: the versions of the tagger and themes its image
+    features were computed with, saved in the same run (``image_artefacts.py``)."""
     name = config["registry"]["model_name"]
     info = mlflow.sklearn.log_model(
         model.pipeline_, name="metamodel", registered_model_name=name,
@@ -70,7 +74,7 @@ def register_metamodel(model: MetaModel, config: dict, alias: str | None = None)
         metadata={"feature_names": model.feature_names, "ranked": list(model.ranked), "C": model.C,
                   "rank_depth": model.rank_depth, "content_version": model.version_,
                   "calibration": list(getattr(model, "calibration_", None) or []) or None,
-                  "feature_config": feature_config_hash(config)})
+                  "feature_config": feature_config_hash(config), **({METADATA_KEY: images} if images else {})})
     version = str(info.registered_model_version)
     if alias:
         MlflowClient().set_registered_model_alias(name, alias, version)

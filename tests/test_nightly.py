@@ -272,6 +272,89 @@ def test_a_model_trained_with_other_features_is_refused(world, world_dir, night,
     assert not (out / "manifests" / f"run_date={world.last_date - dt.timedelta(days=1)}").exists()
 
 
+def _sorted(frame, by):
+    return frame.sort_values(by).reset_index(drop=True)
+
+
+def test_labels_added_after_training_change_nothing_in_the_night(spark, world, world_dir, night, night_config,
+                                                                  trained, tmp_path):
+    """The night computes its image features with the champion's tagger and themes, registered
+    by training: hand labels added since (a new tag on a batch of photos, others relabelled as
+    another scene) change no tag, theme or recommendation of the night. Another OUT, so no image
+    cache: every photo is tagged afresh, by the pinned tagger; the same MLflow store."""
+    baseline, out = night
+    data = shutil.copytree(world_dir / "data", tmp_path / "data", ignore=shutil.ignore_patterns("images"))
+    (data / "images").symlink_to(world_dir / "data" / "images")
+    labels = pd.read_csv(data / "image_labels.csv")
+    scenes = sorted(labels.tag.unique())
+    unlabelled = sorted(set(world.sale_images.image_path) - set(labels.image_path))[:60]
+    flipped = labels.iloc[:40].assign(tag=lambda f: [scenes[(scenes.index(t) + 1) % len(scenes)] for t in f.tag])
+    added = pd.concat([flipped, labels.iloc[40:], pd.DataFrame({"image_path": unlabelled, "tag": "lighthouse"})])
+    added.to_csv(data / "image_labels.csv", index=False)
+    assert len(unlabelled) == 60 and (flipped.tag != labels.iloc[:40].tag).all()
+    config = {**night_config, "mlflow": {**night_config["mlflow"], "tracking_uri": f"sqlite:///{out / 'mlflow.db'}"}}
+
+    result = run_nightly(spark, str(data), world.last_date, str(tmp_path / "out"), config)
+    assert result.model_version == baseline.model_version == "salerank-metamodel/1"
+    night_dir = f"run_date={world.last_date}"
+    mlflow.set_tracking_uri(f"sqlite:///{out / 'mlflow.db'}")
+    training = mlflow.get_run(trained[0].mlflow_run_id).data.tags
+    tags = {name: _sorted(pd.read_parquet(root / "image_tags" / night_dir), ["image_path", "rank"])
+            for name, root in (("baseline", out), ("added", tmp_path / "out"))}
+    assert set(tags["added"].model_version) == {training["tagger_version"]}  # not a tagger of the new labels
+    assert "lighthouse" not in set(tags["added"].tag) and len(tags["added"]) == len(tags["baseline"]) > 0
+    pd.testing.assert_frame_equal(tags["added"].drop(columns="probability"), tags["baseline"].drop(columns="probability"))
+    np.testing.assert_allclose(tags["added"].probability, tags["baseline"].probability, rtol=0, atol=1e-6)
+    for table, by in (("sale_themes", ["sale_id", "theme"]), ("theme_tags", ["theme", "rank"])):
+        got, expected = (_sorted(pd.read_parquet(root / "themes" / night_dir / table), by)
+                         for root in (tmp_path / "out", out))
+        pd.testing.assert_frame_equal(got, expected, check_exact=False, rtol=1e-6)
+    night_run = mlflow.get_run(result.mlflow_run_id).data.tags
+    assert night_run["themes_version"] == training["themes_version"] and night_run["tagger_version"] == training[
+        "tagger_version"]
+    recommendations = {name: _sorted(pd.read_parquet(root / "recommendations" / night_dir), ["user_id", "rank"])
+                       for name, root in (("baseline", out), ("added", tmp_path / "out"))}
+    pd.testing.assert_frame_equal(recommendations["added"], recommendations["baseline"], check_exact=False, rtol=1e-9)
+
+
+def test_a_champion_without_its_tagger_and_themes_is_refused(world, world_dir, night, night_config, conf_file,
+                                                             tmp_path, capsys):
+    """A version registered without them (an older salerank), one whose run lacks them, and one
+    whose run holds others than its metadata names: each night exits 2, saying to retrain."""
+    from salerank.jobs.image_artefacts import METADATA_KEY, TAGGER_DIR, THEMES_FILE, pinned_artefacts
+    from salerank.jobs.registry import _load_version, register_metamodel
+    from salerank.jobs.tracking import start_run
+
+    _, out = night
+    mlflow.set_tracking_uri(f"sqlite:///{out / 'mlflow.db'}")
+    holder = mlflow.MlflowClient().get_model_version_by_alias("salerank-metamodel", "champion")
+    champion, metadata = _load_version("salerank-metamodel", holder, "champion")
+    pinned = metadata[METADATA_KEY]
+    tagger_dir, themes_file = (mlflow.artifacts.download_artifacts(
+        run_id=holder.run_id, artifact_path=path, dst_path=str(tmp_path / "artefacts")) for path in (TAGGER_DIR, THEMES_FILE))
+    elsewhere = tmp_path / "out"
+    cases = [(None, False, "was registered without the tagger and themes of its image features"),
+             (pinned, False, "the tagger and themes of its image features cannot be read from its run"),
+             ({**pinned, "themes_version": "themes-000000000000"}, True,
+              "was registered with themes_version themes-000000000000, but its run"),
+             (pinned, True, None)]
+    for images, logged, message in cases:
+        with start_run(night_config, str(elsewhere), run_name="register"):
+            if logged:
+                mlflow.log_artifacts(tagger_dir, TAGGER_DIR)
+                mlflow.log_artifact(themes_file, THEMES_FILE.rsplit("/", 1)[0])
+            registered = register_metamodel(champion.model, night_config, "champion", images)
+        if message is None:  # the same artefacts, registered as training does: they load
+            found = pinned_artefacts(registered, "efficientnet-lite0").metadata()
+            assert {k: found[k] for k in pinned} == pinned
+            continue
+        code = main(["nightly", "--data", str(world_dir / "data"), "--date", str(world.last_date),
+                     "--out", str(elsewhere), "--conf", str(conf_file)])
+        err = capsys.readouterr().err
+        assert code == 2 and message in err and "salerank train" in err and "Traceback" not in err, err
+        assert not (elsewhere / "manifests").exists()
+
+
 def test_bad_data_exits_non_zero_and_publishes_nothing(world, world_dir, conf_file, tmp_path, capsys):
     data = tmp_path / "data"
     data.mkdir()

@@ -80,6 +80,37 @@ def test_without_hand_labels_imagenet_classes_are_the_tags(spark, config, tmp_pa
     assert "not a readable image" in failures["broken.jpg"]
 
 
+def test_a_saved_tagger_loads_to_the_same_head_and_a_tampered_one_is_refused(tmp_path):
+    """What training registers with the meta-model and the night tags with: the same tags and
+    probabilities, bit for bit, without training; a file that is not what tagger.json says is
+    refused."""
+    import json
+
+    from salerank.image_labelling.tagger import ImageTagger, Tagger
+
+    rng = np.random.default_rng(0)
+    vectors = rng.random((40, 16)).astype(np.float32)
+    labels = [{"sea"} if v[0] > 0.5 else {"snow", "peak"} for v in vectors]
+    trained = Tagger("efficientnet-lite0", ImageTagger(epochs=3, seed=1).fit(vectors, labels))
+    trained.save(tmp_path)
+    loaded = Tagger.load(tmp_path)
+    assert loaded.version == trained.version and loaded.tags == ["peak", "sea", "snow"]
+    assert loaded.backbone == "efficientnet-lite0"
+    np.testing.assert_array_equal(loaded.head.predict_proba(vectors), trained.head.predict_proba(vectors))
+
+    described = json.loads((tmp_path / "tagger.json").read_text())
+    described["head"]["tags"] = ["peak", "snow", "sea"]  # the same weights read as other tags
+    (tmp_path / "tagger.json").write_text(json.dumps(described))
+    with pytest.raises(ValueError, match="not " + trained.version):
+        Tagger.load(tmp_path)
+
+    imagenet = tmp_path / "imagenet"
+    imagenet.mkdir()
+    Tagger("efficientnet-lite0").save(imagenet)
+    assert not (imagenet / "head.weights.h5").exists()
+    assert Tagger.load(imagenet).version == "efficientnet-lite0:imagenet-classes"
+
+
 def test_the_held_out_photos_share_no_sale_and_no_file_with_the_training_ones():
     """Six sales of three photos; one file is reused by sales s0 and s5, and s1 and s2 share
     an identical photo under two names: those sales must fall on one side together."""

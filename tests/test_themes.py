@@ -45,3 +45,53 @@ def test_theme_profile_is_recency_weighted():
     np.testing.assert_allclose(decayed, [[2 / 3, 1 / 3]])
     flat = ImageThemes(half_life_days=None).fit(context).score(history)
     np.testing.assert_allclose(flat, [[0.5, 0.5]])
+
+
+def _beach_and_ski_tags(sales: int = 20) -> pd.DataFrame:
+    rng = np.random.default_rng(5)
+    rows = []
+    for sale in range(sales):
+        tags = ("sea", "sand", "palm") if sale % 2 else ("snow", "peak", "pine")
+        for photo in range(2):
+            rows += [(f"s{sale:02d}", f"s{sale}_{photo}.jpg", tag, float(rng.uniform(0.1, 0.9))) for tag in tags]
+    return pd.DataFrame(rows, columns=["sale_id", "image_path", "tag", "probability"])
+
+
+def test_saved_themes_transform_to_the_same_bits_and_a_sale_does_not_depend_on_the_others():
+    """What training registers with the meta-model (JSON, no pickle) and the night transforms
+    with: the same themes, names and weights as training computed; a sale's weights are its own,
+    whatever other sales are transformed with it; unknown tags count 0."""
+    import json
+
+    from salerank.features.themes import ThemeModel
+
+    tags = _beach_and_ski_tags()
+    fitted = fit_themes(tags, n_themes=3, seed=0)
+    loaded = ThemeModel.from_dict(json.loads(json.dumps(fitted.model.to_dict())))
+    assert loaded.version == fitted.model.version and loaded.names == tuple(fitted.names)
+    again = loaded.transform(tags)
+    pd.testing.assert_frame_equal(again.sale_themes, fitted.sale_themes, check_exact=True)
+    pd.testing.assert_frame_equal(again.theme_tags, fitted.theme_tags, check_exact=True)
+
+    few = tags[tags.sale_id.isin(["s03", "s04"])]
+    unknown = pd.DataFrame([("s03", "s3_9.jpg", "lighthouse", 0.9)], columns=tags.columns)
+    alone = loaded.transform(pd.concat([few, unknown])).sale_themes
+    # the unknown tag's photo still counts as one of the sale's photos (all zeros): 2/3 of the weights
+    np.testing.assert_allclose(alone.loc["s03"], fitted.sale_themes.loc["s03"] * 2 / 3, rtol=1e-12)
+    np.testing.assert_array_equal(alone.loc["s04"], fitted.sale_themes.loc["s04"])
+
+
+def test_themes_whose_numbers_are_not_their_version_are_refused():
+    import json
+
+    import pytest
+
+    from salerank.features.themes import ThemeModel
+
+    described = json.loads(json.dumps(fit_themes(_beach_and_ski_tags(), n_themes=2, seed=0).model.to_dict()))
+    described["components"][0][0] += 1e-9
+    with pytest.raises(ValueError, match="not " + described["version"]):
+        ThemeModel.from_dict(described)
+    described["components"] = described["components"][:1]  # one theme's numbers for two names
+    with pytest.raises(ValueError, match="components of shape"):
+        ThemeModel.from_dict(described)
