@@ -107,13 +107,14 @@ def test_training_is_recorded_and_registered_in_mlflow(trained):
     assert run.data.params["metamodel.train_days"] == "6"
     assert "validation_auc" in run.data.metrics and run.data.metrics["chosen_C"] in (0.01, 0.1, 1.0, 10.0)
     features = len(mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/metamodel_coefficients.json")) - 1
-    assert features == 6 + 4 + 6  # six recommenders' scores, four signals, six ranks
+    assert features == 6 + 3 + 6  # six recommenders' scores, three signals (no recency), six ranks
     version = mlflow.MlflowClient().get_model_version_by_alias("salerank-metamodel", "champion")
     assert str(version.version) == "1" and version.run_id == run.info.run_id
     loaded = mlflow.sklearn.load_model("models:/salerank-metamodel@champion")
     assert loaded.predict_proba([[1.0] * features]).shape == (1, 2)
     root = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
-    assert {"metamodel_reliability.png", "metamodel_reliability.csv", "metamodel_validation_grid.csv"} <= root
+    assert {"metamodel_reliability.png", "metamodel_reliability.csv", "metamodel_validation_grid.csv",
+            "metamodel_calibration.csv"} <= root
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "tagger")}
     assert {"tagger/head.weights.h5", "tagger/tagger.json", "tagger/per_tag_metrics.json"} <= artifacts
     assert run.data.metrics["tagger_top1_accuracy"] > 0.9  # held-out fifth of the hand labels
