@@ -31,7 +31,7 @@ import scipy.sparse as sp
 
 from salerank.adapters import hm
 from salerank.conf import load_config
-from salerank.jobs.backtesting import run_backtest
+from salerank.jobs.replay import run_backtest
 from salerank.jobs.spark import get_spark
 from salerank.metamodel.evaluation import PER_USER, per_user_metrics
 

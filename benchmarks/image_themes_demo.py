@@ -22,7 +22,9 @@ from salerank import recommenders as recs
 from salerank.conf import load_config
 from salerank.features.history import Catalog, ScoringContext
 from salerank.features.loading import load_tables
-from salerank.jobs.pipeline import fit_metamodel, rank_users, run_nightly
+from salerank.jobs.pipeline import run_nightly
+from salerank.metamodel.ranking import rank_users
+from salerank.metamodel.training import fit_metamodel
 from salerank.jobs.spark import get_spark
 from salerank.metamodel.ranking import METAMODEL
 from salerank.world import WorldConfig, generate_world, truth_metrics

@@ -170,7 +170,7 @@ def spark_path_peer(spark, data: Path, run_date: dt.date, config: dict) -> tuple
     cold as the night's score stage, and a second."""
     from salerank.features.history import Catalog, ScoringContext
     from salerank.features.loading import load_tables
-    from salerank.metamodel.features import DaysOpen
+    from salerank.metamodel.signals import DaysOpen
     from salerank.metamodel.ranking import RANKING_SCHEMA, RankTopK
     from salerank.recommenders import Popularity, fit_all
     from salerank.recommenders.scoring import score_users

@@ -29,17 +29,17 @@ from .tagger import Backbone, Embeddings, ImageNetTagger, ImageTagger, Tagger, t
 log = logging.getLogger("salerank")
 
 PHOTOS_PER_PARTITION = 256
-TAG_SCHEMA = ("content_hash string, model_version string, tag string, probability double, "
+TAG_SCHEMA = ("content_hash string, tagger_version string, tag string, probability double, "
               "rank int, failure string")
 _WORKER_BACKBONES: dict = {}  # per Python worker process: (name, cache_dir) -> Backbone
 
 
 @dataclass
 class TaggingResult:
-    tags: DataFrame  # sale_id, image_path, tag, probability, rank, model_version
-    cache: DataFrame  # content_hash, model_version, tag, probability, rank, failure
+    tags: DataFrame  # sale_id, image_path, tag, probability, rank, tagger_version
+    cache: DataFrame  # content_hash, tagger_version, tag, probability, rank, failure
     failures: list[tuple[str, str]] = field(default_factory=list)  # (image_path, reason)
-    model_version: str = ""
+    tagger_version: str = ""
     metrics: dict = field(default_factory=dict)
     tagger: Tagger | None = None  # what tagged the photos
     cached: list[DataFrame] = field(default_factory=list)  # what tags and cache are read from
@@ -238,7 +238,7 @@ def tag_images(sale_images: DataFrame, image_labels: DataFrame | None, data_dir:
                     for rank, (tag, prob) in enumerate(best)]
             rows += [(by_path[f.path], version, None, None, None, f.reason) for f in embedded.failures]
             tagged.add(len(batch))
-            yield pd.DataFrame(rows, columns=["content_hash", "model_version", "tag", "probability",
+            yield pd.DataFrame(rows, columns=["content_hash", "tagger_version", "tag", "probability",
                                               "rank", "failure"])
 
     def hash_partition(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
@@ -250,7 +250,9 @@ def tag_images(sale_images: DataFrame, image_labels: DataFrame | None, data_dir:
     located, missing = locate_photos(spark, data_dir, sorted(
         r["image_path"] for r in images.select("image_path").distinct().collect()))
     hashed = read_photos(spark, located).mapInPandas(hash_partition, "image_path string, content_hash string").cache()
-    known = (cache.filter(F.col("model_version") == version) if cache is not None
+    if cache is not None and "model_version" in cache.columns:  # a cache written before the rename
+        cache = cache.withColumnRenamed("model_version", "tagger_version")
+    known = (cache.filter(F.col("tagger_version") == version) if cache is not None
              else spark.createDataFrame([], TAG_SCHEMA))
     todo = [r["image_path"] for r in hashed.join(known.select("content_hash").distinct(), "content_hash", "left_anti")
             .dropDuplicates(["content_hash"]).select("image_path").collect()]
@@ -268,7 +270,7 @@ def tag_images(sale_images: DataFrame, image_labels: DataFrame | None, data_dir:
         "image_path", "failure").unionByName(not_found).toPandas()
     tags_df = (images.join(hashed, "image_path")
                .join(all_tags.filter(F.col("failure").isNull()), "content_hash")
-               .select("sale_id", "image_path", "tag", "probability", "rank", "model_version"))
+               .select("sale_id", "image_path", "tag", "probability", "rank", "tagger_version"))
     new_cache = all_tags if cache is None else cache.unionByName(fresh)
     return TaggingResult(tags_df, new_cache, list(failed.itertuples(index=False, name=None)),
                          version, metrics, tagger, [hashed, fresh])

@@ -268,7 +268,7 @@ def run_ab_report(args) -> int:
 
 def run_backtest_command(args) -> int:
     from .. import recommenders
-    from .backtesting import comparison_pairs, comparison_text, overall_text, run_backtest
+    from .replay import comparison_pairs, comparison_text, overall_text, run_backtest
     from .spark import get_spark
 
     config = _config_and_data(args)

@@ -140,7 +140,8 @@ def export_lines(ranked: DataFrame, users: DataFrame, experiment: Experiment, ru
              .groupBy("user_id", "variant", "strategy")
              .agg(F.sort_array(F.collect_list(F.struct(
                  F.col("rank").alias("position"), "sale_id", "score"))).alias("recommendations")))
-    version = F.when(F.col("strategy") == metamodel, F.lit(model_label)).otherwise(F.col("strategy"))
+    # the registry label of the meta-model's version; null for a single recommender's list
+    version = F.when(F.col("strategy") == metamodel, F.lit(model_label))
     line = F.to_json(F.struct("user_id", F.lit(experiment.name).alias("experiment"), "variant",
                               F.lit(run_date.isoformat()).alias("run_date"), "strategy",
                               version.alias("model_version"), "recommendations"))

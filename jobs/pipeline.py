@@ -27,11 +27,10 @@ from ..features.themes import Themes, fit_themes, theme_table
 from ..image_labelling.stage import tag_images
 from ..features.loading import check_fresh, load_tables
 from ..metamodel.evaluation import ranking_metrics
-from ..metamodel.ranking import METAMODEL, RANKING_SCHEMA, RankTopK
-from ..metamodel.calibration import calibration_check, day_pairs
-from ..metamodel.features import rank_name, signals_from_config
-from ..metamodel.training import TrainingDataError, feature_names, train_metamodel, training_examples
-from ..recommenders.scoring import released, score_users
+from ..metamodel.ranking import METAMODEL, RANKING_SCHEMA, rank_users
+from ..metamodel.signals import signals_from_config
+from ..metamodel.training import TrainingDataError, feature_names, fit_metamodel
+from ..recommenders.scoring import released
 from ..storage import FileSystem, join
 from .experiments import export_lines, parse_experiments
 from .image_artefacts import ImageArtefacts, pinned_artefacts
@@ -347,7 +346,7 @@ def run_image_stage(tables, data_dir, out_dir, config, night=None,
         publish_parquet(result.cache, cache_path)  # after the last read of the old cache
     finally:
         result.release()  # on failure as on success
-    mlflow.set_tag("tagger_version", result.model_version)
+    mlflow.set_tag("tagger_version", result.tagger_version)
     mlflow.log_metric("images_skipped", float(len(result.failures)))
     if result.metrics:
         mlflow.log_metrics({f"tagger_{k}": v for k, v in result.metrics.items() if k != "per_tag"})
@@ -368,65 +367,6 @@ def run_image_stage(tables, data_dir, out_dir, config, night=None,
     mlflow.set_tag("themes_version", themes.model.version)
     log.info("%d themes (%s): %s", len(themes.names), themes.model.version, ", ".join(themes.names))
     return themes, artefacts
-
-
-def _candidates(value) -> tuple:
-    return tuple(value) if isinstance(value, (list, tuple)) else (value,)
-
-
-def fit_metamodel(tables, catalog, prototypes, as_of, config, cache: dict | None = None):
-    """The meta-model for ``as_of``, trained on the days before it: the model, its metrics
-    and the tuning report (validation grid, reliability table)."""
-    settings = config["metamodel"]
-    scorers = prototypes + signals_from_config(config)
-    ranked = tuple(r.name for r in prototypes) if settings["ranks"] else ()
-    examples = training_examples(tables, catalog, scorers, as_of, settings["train_days"],
-                                 settings["negatives_per_purchase"], config["seed"],
-                                 config["spark"]["scoring_partitions"], cache, ranked,
-                                 settings["rank_depth"])
-    features = feature_names(scorers, ranked)
-    model, metrics, report = train_metamodel(
-        examples, features, ranked, _candidates(settings["C"]),
-        _candidates(settings["negative_ratios"]), settings["validation_days"], settings["rank_depth"],
-        config["top_k"])
-    validation = [as_of - dt.timedelta(days=d) for d in range(settings["validation_days"], 0, -1)]
-    pairs = calibration_pairs(tables, catalog, scorers, features, validation, config, cache)
-    model.calibrate(pairs)
-    check, report["calibration"] = calibration_check(model.probability(
-        model.log_odds(pairs[features].to_numpy(dtype=float))), pairs)
-    metrics.update({"calibration_slope": model.calibration_[0], "calibration_intercept": model.calibration_[1],
-                    "calibration_pairs": check["pairs"], "calibration_purchases": check["observed_purchases"]})
-    log.info("meta-model %s trained on %d examples: %s", model.version_, len(examples),
-             ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
-    return model, metrics, report
-
-
-def calibration_pairs(tables, catalog, scorers, features, days, config, cache: dict | None = None):
-    """The unsampled pairs of ``days`` (``metamodel/calibration.py``): they calibrate the
-    meta-model on its validation days, and measure it on a backtest's days. A day's pairs do not
-    depend on the model and are kept in ``cache`` like its training examples."""
-    settings, cache = config["metamodel"], {} if cache is None else cache
-    ranked = tuple(n for n in (r.name for r in scorers) if rank_name(n) in features)
-    frames = []
-    for day in days:
-        if ("pairs", day) not in cache:
-            cache[("pairs", day)] = day_pairs(
-                tables, catalog, scorers, features, day, config["active_lookback_days"],
-                settings["calibration_pairs"], config["seed"], config["spark"]["scoring_partitions"],
-                ranked, settings["rank_depth"])
-        frames.append(cache[("pairs", day)])
-    return pd.concat(frames, ignore_index=True)
-
-
-def rank_users(context, prototypes, model, users, config, timers: dict | None = None,
-               strategies: tuple[str, ...] | None = None, fitted: list | None = None):
-    """Each strategy's top-k open sales for ``users`` (RANKING_SCHEMA): the meta-model's and
-    each recommender's alone (or only ``strategies``), fitted on ``context`` unless ``fitted``
-    is given. ``timers``: see ``score_users``."""
-    fitted = fitted or recs.fit_all(prototypes + signals_from_config(config), context)
-    strategies = strategies or (METAMODEL, *[r.name for r in prototypes])
-    return score_users(context, fitted, users, RankTopK(model, config["top_k"], strategies),
-                       RANKING_SCHEMA, config["spark"]["scoring_partitions"], timers)
 
 
 def _train(tables, catalog, prototypes, as_of, config):

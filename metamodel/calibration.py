@@ -28,7 +28,7 @@ from scipy.special import expit, logit
 from ..features.history import Catalog, ScoringContext, purchases_on
 from ..recommenders import Recommender, fit_all
 from ..recommenders.scoring import Block, released, score_users
-from .features import with_ranks
+from .signals import with_ranks
 
 PAIR_COLUMNS = ["user_id", "day", "sale_id", "label", "weight"]
 

@@ -11,7 +11,7 @@ from sklearn.metrics import log_loss, roc_auc_score
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
-from .features import add_rank_lookup, compact, rank_name
+from .signals import add_rank_lookup, compact, rank_name
 
 
 def signed_log1p(x: np.ndarray) -> np.ndarray:

@@ -7,8 +7,9 @@ import numpy as np
 import pyarrow as pa
 import scipy.sparse as sp
 
-from ..recommenders.scoring import Block
-from .features import along_rows, compact
+from ..recommenders import fit_all
+from ..recommenders.scoring import Block, score_users
+from .signals import along_rows, compact, signals_from_config
 from .model import MetaModel
 
 METAMODEL = "metamodel"
@@ -122,3 +123,14 @@ def _top_k_of_shared_row(row: np.ndarray, bought: sp.csr_matrix, k: int) -> tupl
     cols = order[keep]
     best = np.where(np.take_along_axis(skipped, keep, axis=1), -np.inf, row[cols])
     return cols, best
+
+
+def rank_users(context, prototypes, model, users, config, timers: dict | None = None,
+               strategies: tuple[str, ...] | None = None, fitted: list | None = None):
+    """Each strategy's top-k open sales for ``users`` (RANKING_SCHEMA): the meta-model's and
+    each recommender's alone (or only ``strategies``), fitted on ``context`` unless ``fitted``
+    is given. ``timers``: see ``score_users``."""
+    fitted = fitted or fit_all(prototypes + signals_from_config(config), context)
+    strategies = strategies or (METAMODEL, *[r.name for r in prototypes])
+    return score_users(context, fitted, users, RankTopK(model, config["top_k"], strategies),
+                       RANKING_SCHEMA, config["spark"]["scoring_partitions"], timers)

@@ -8,6 +8,7 @@ bought that day nor before are negatives.  Every feature comes from
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import zlib
 from dataclasses import dataclass
 
@@ -19,9 +20,12 @@ from ..features.history import Catalog, ScoringContext, purchases_on
 from ..features.loading import Tables
 from ..recommenders import Recommender, fit_all
 from ..recommenders.scoring import Block, released, score_users
+from .calibration import calibration_check, day_pairs
 from .evaluation import validation_ndcg
-from .features import rank_name, with_ranks
+from .signals import rank_name, signals_from_config, with_ranks
 from .model import MetaModel
+
+log = logging.getLogger("salerank")
 
 
 class TrainingDataError(ValueError):
@@ -192,3 +196,51 @@ def train_metamodel(examples: pd.DataFrame, features: list[str], ranked: tuple[s
     model = MetaModel(features, choice[0], ranked, rank_depth).fit(subsample_negatives(examples, choice[1]))
     metrics.update({f"train_{name}": v for name, v in model.evaluate(examples).items()})
     return model, metrics, report
+
+
+def _candidates(value) -> tuple:
+    return tuple(value) if isinstance(value, (list, tuple)) else (value,)
+
+
+def fit_metamodel(tables, catalog, prototypes, as_of, config, cache: dict | None = None):
+    """The meta-model for ``as_of``, trained on the days before it: the model, its metrics
+    and the tuning report (validation grid, reliability table)."""
+    settings = config["metamodel"]
+    scorers = prototypes + signals_from_config(config)
+    ranked = tuple(r.name for r in prototypes) if settings["ranks"] else ()
+    examples = training_examples(tables, catalog, scorers, as_of, settings["train_days"],
+                                 settings["negatives_per_purchase"], config["seed"],
+                                 config["spark"]["scoring_partitions"], cache, ranked,
+                                 settings["rank_depth"])
+    features = feature_names(scorers, ranked)
+    model, metrics, report = train_metamodel(
+        examples, features, ranked, _candidates(settings["C"]),
+        _candidates(settings["negative_ratios"]), settings["validation_days"], settings["rank_depth"],
+        config["top_k"])
+    validation = [as_of - dt.timedelta(days=d) for d in range(settings["validation_days"], 0, -1)]
+    pairs = calibration_pairs(tables, catalog, scorers, features, validation, config, cache)
+    model.calibrate(pairs)
+    check, report["calibration"] = calibration_check(model.probability(
+        model.log_odds(pairs[features].to_numpy(dtype=float))), pairs)
+    metrics.update({"calibration_slope": model.calibration_[0], "calibration_intercept": model.calibration_[1],
+                    "calibration_pairs": check["pairs"], "calibration_purchases": check["observed_purchases"]})
+    log.info("meta-model %s trained on %d examples: %s", model.version_, len(examples),
+             ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+    return model, metrics, report
+
+
+def calibration_pairs(tables, catalog, scorers, features, days, config, cache: dict | None = None):
+    """The unsampled pairs of ``days`` (``metamodel/calibration.py``): they calibrate the
+    meta-model on its validation days, and measure it on a backtest's days. A day's pairs do not
+    depend on the model and are kept in ``cache`` like its training examples."""
+    settings, cache = config["metamodel"], {} if cache is None else cache
+    ranked = tuple(n for n in (r.name for r in scorers) if rank_name(n) in features)
+    frames = []
+    for day in days:
+        if ("pairs", day) not in cache:
+            cache[("pairs", day)] = day_pairs(
+                tables, catalog, scorers, features, day, config["active_lookback_days"],
+                settings["calibration_pairs"], config["seed"], config["spark"]["scoring_partitions"],
+                ranked, settings["rank_depth"])
+        frames.append(cache[("pairs", day)])
+    return pd.concat(frames, ignore_index=True)

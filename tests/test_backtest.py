@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from salerank.jobs.backtesting import run_backtest
+from salerank.jobs.replay import run_backtest
 from salerank.jobs.cli import main
 from salerank.metamodel.evaluation import PER_USER
 
@@ -73,7 +73,7 @@ def test_written_recommendations_recompute_the_metrics(spark, backtest, world):
         recall, hits, ndcg, average_precision = [], [], [], []
         for d in (world.last_date - dt.timedelta(days=2), world.last_date - dt.timedelta(days=1)):
             recs = spark.read.parquet(str(out / "recommendations" / f"model={model}" / f"run_date={d}")).toPandas()
-            assert list(recs.columns) == ["user_id", "rank", "sale_id", "score", "model_version"]
+            assert list(recs.columns) == ["user_id", "rank", "sale_id", "score", "content_version"]
             assert recs.groupby("user_id")["rank"].max().le(10).all()
             truth = _truth(world, d, 2)
             assert set(truth.user_id) <= set(recs.user_id)  # users="all": every buyer is ranked

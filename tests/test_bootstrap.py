@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from salerank.conf import ConfigError
-from salerank.jobs import backtesting
+from salerank.jobs import replay
 from salerank.metamodel.evaluation import PER_USER, Resampled, bootstrap_means, percentile_interval
 
 SIMULATIONS = 400  # coverage rates within +-0.03 of 0.95 (2.75 standard errors)
@@ -68,8 +68,8 @@ def test_a_planted_difference_is_detected_and_two_purchases_are_not():
     resampled = Resampled(_per_user({"a": a, "b": b}), 1000, seed=0)
     low, high = resampled.difference("a", "b")["recall"]
     assert 0 < low < 0.05 < high
-    assert backtesting.verdict(low, high) == "higher"
-    assert backtesting.verdict(*resampled.difference("b", "a")["recall"]) == "lower"
+    assert replay.verdict(low, high) == "higher"
+    assert replay.verdict(*resampled.difference("b", "a")["recall"]) == "lower"
 
     # 663 user-days (H&M's), B wins 11 and loses 9 against A: two purchases more, not a win
     a = np.zeros(663)
@@ -79,7 +79,7 @@ def test_a_planted_difference_is_detected_and_two_purchases_are_not():
     b[40:51] = 1
     assert b.sum() - a.sum() == 2
     low, high = Resampled(_per_user({"a": a, "b": b}), 1000, seed=0).difference("a", "b")["recall"]
-    assert low < 0 < high and backtesting.verdict(low, high) == "no detectable difference"
+    assert low < 0 < high and replay.verdict(low, high) == "no detectable difference"
 
 
 def test_the_interval_is_of_the_published_estimator_not_the_pooled_ratio():
@@ -115,7 +115,7 @@ def _backtest_rows(rng) -> pd.DataFrame:
         draw = rng.random(400)
         hits = {"metamodel": draw < findable + 0.15, "popularity": draw < findable,
                 "content": rng.random(400) < findable}
-        for segment in backtesting.SEGMENTS:
+        for segment in replay.SEGMENTS:
             part = slice(None) if segment in ("overall", "new_sales") else slice(0, 200)
             frames.append(_per_user({s: h[part].astype(float) for s, h in hits.items()}, day)
                           .assign(segment=segment))
@@ -127,12 +127,12 @@ def test_metrics_document_has_an_interval_for_every_mean_and_the_comparisons():
     strategies = ["metamodel", "popularity", "content"]
     cover = pd.DataFrame([(d, s, 0.5) for d in per_user["day"].unique() for s in strategies],
                          columns=["day", "strategy", "coverage"])
-    pairs = backtesting.comparison_pairs(["popularity", "content"], [("popularity", "content")])
+    pairs = replay.comparison_pairs(["popularity", "content"], [("popularity", "content")])
     assert pairs == [("popularity", "metamodel"), ("content", "metamodel"), ("popularity", "content")]
-    overall, daily = backtesting._summaries(per_user, strategies, 10, 1000, seed=42)
-    doc = backtesting._metrics_document(overall, daily, cover, 10, "2025-03-01", "2025-03-02", 1, "all",
+    overall, daily = replay._summaries(per_user, strategies, 10, 1000, seed=42)
+    doc = replay._metrics_document(overall, daily, cover, 10, "2025-03-01", "2025-03-02", 1, "all",
                                         2, {}, pairs, 1000, 42)
-    entries = [entry[segment] for entry in doc["models"].values() for segment in backtesting.SEGMENTS]
+    entries = [entry[segment] for entry in doc["models"].values() for segment in replay.SEGMENTS]
     entries += [e for entry in doc["models"].values() for e in entry["per_day"].values()]
     assert len(entries) == 3 * (5 + 2)
     for entry in entries:
@@ -146,19 +146,19 @@ def test_metrics_document_has_an_interval_for_every_mean_and_the_comparisons():
     assert meta_pop["ci95"][0] > 0 and meta_pop["verdict"] == "higher"
     same = doc["comparisons"]["content - popularity"]
     assert same["overall"]["ndcg@10"]["verdict"] == "no detectable difference"
-    assert set(same) == {"a", "b", *backtesting.SEGMENTS}
+    assert set(same) == {"a", "b", *replay.SEGMENTS}
 
-    text = backtesting.comparison_text(doc, [("popularity", "content")])
+    text = replay.comparison_text(doc, [("popularity", "content")])
     assert "content - popularity" in text and "no detectable difference" in text and "metamodel" not in text
-    assert "metamodel higher" in backtesting.comparison_text(doc)
+    assert "metamodel higher" in replay.comparison_text(doc)
     low, high = models["metamodel"]["overall"]["ci95"]["recall@10"]
-    assert f"[{low:.4f}, {high:.4f}]" in backtesting.overall_text(doc)
+    assert f"[{low:.4f}, {high:.4f}]" in replay.overall_text(doc)
 
-    table = backtesting._per_day_table(daily, cover, 10)
+    table = replay._per_day_table(daily, cover, 10)
     row = table[(table.strategy == "content") & (table.segment == "overall")].iloc[0]
     assert [row["ndcg@10_low"], row["ndcg@10_high"]] == models["content"]["per_day"][str(row["day"])]["ci95"]["ndcg@10"]
 
 
 def test_an_unknown_model_to_compare_is_refused():
     with pytest.raises(ConfigError, match="'nope'"):
-        backtesting.comparison_pairs(["popularity"], [("metamodel", "nope")])
+        replay.comparison_pairs(["popularity"], [("metamodel", "nope")])

@@ -55,8 +55,8 @@ def test_the_probability_does_not_depend_on_the_negatives_ratio(tables, catalog,
     times; the calibrated probabilities of the same unsampled pairs agree, and their sum is the
     purchases of those days (the fit's score equation)."""
     from salerank import recommenders as recs
-    from salerank.jobs.pipeline import calibration_pairs, fit_metamodel
-    from salerank.metamodel.features import signals_from_config
+    from salerank.metamodel.training import calibration_pairs, fit_metamodel
+    from salerank.metamodel.signals import signals_from_config
 
     settings = copy.deepcopy(config)
     settings["image_labelling"]["enabled"] = False

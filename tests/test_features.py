@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from salerank.metamodel.features import NO_HISTORY_DAYS, DaysLeft, DaysOpen, PriceFit, Recency, with_ranks
+from salerank.metamodel.signals import NO_HISTORY_DAYS, DaysLeft, DaysOpen, PriceFit, Recency, with_ranks
 from salerank.metamodel.model import MetaModel
 from salerank.metamodel.training import subsample_negatives, train_metamodel
 from salerank.recommenders import UserHistory

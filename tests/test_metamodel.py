@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from salerank.metamodel.evaluation import ranking_metrics
-from salerank.metamodel.features import add_rank_lookup, within_user_ranks
+from salerank.metamodel.signals import add_rank_lookup, within_user_ranks
 from salerank.metamodel.model import MetaModel
 from salerank.metamodel.ranking import RankTopK, top_k
 from salerank.metamodel.training import SampleExamples

@@ -174,7 +174,7 @@ def test_ab_exports_split_users_by_salted_hash(world, night, night_config):
         assert [r["position"] for r in line["recommendations"]] == list(range(1, 11))
         assert [r["sale_id"] for r in line["recommendations"]] == expected.sale_id.tolist()
     assert lines["treatment"][0]["model_version"] == "salerank-metamodel/1"
-    assert lines["control"][0]["model_version"] == "popularity"
+    assert "model_version" not in lines["control"][0] and lines["control"][0]["strategy"] == "popularity"
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["model_version"] == "salerank-metamodel/1" and manifest["salt"] == "test"
     assert {v: m["users"] for v, m in manifest["variants"].items()} == {v: len(u) for v, u in users.items()}
@@ -185,7 +185,7 @@ def test_photos_are_tagged_with_their_scenes_and_themes_published(spark, world, 
     result, out = night
     night_dir = f"run_date={world.last_date}"
     tags = pd.read_parquet(out / "image_tags" / night_dir)
-    assert list(tags.columns) == ["sale_id", "image_path", "tag", "probability", "rank", "model_version"]
+    assert list(tags.columns) == ["sale_id", "image_path", "tag", "probability", "rank", "tagger_version"]
     assert set(tags.image_path) == set(world.sale_images.image_path)
     assert tags.groupby("image_path")["rank"].apply(sorted).map(lambda r: r == [1, 2, 3, 4, 5]).all()
     # the head was trained on the hand labels: its top tag is the photo's true scene
@@ -302,7 +302,7 @@ def test_labels_added_after_training_change_nothing_in_the_night(spark, world, w
     training = mlflow.get_run(trained[0].mlflow_run_id).data.tags
     tags = {name: _sorted(pd.read_parquet(root / "image_tags" / night_dir), ["image_path", "rank"])
             for name, root in (("baseline", out), ("added", tmp_path / "out"))}
-    assert set(tags["added"].model_version) == {training["tagger_version"]}  # not a tagger of the new labels
+    assert set(tags["added"].tagger_version) == {training["tagger_version"]}  # not a tagger of the new labels
     assert "lighthouse" not in set(tags["added"].tag) and len(tags["added"]) == len(tags["baseline"]) > 0
     pd.testing.assert_frame_equal(tags["added"].drop(columns="probability"), tags["baseline"].drop(columns="probability"))
     np.testing.assert_allclose(tags["added"].probability, tags["baseline"].probability, rtol=0, atol=1e-6)

@@ -42,7 +42,7 @@ def test_a_repurchase_is_never_a_label_because_no_night_can_recommend_it(spark):
     a training positive, nor calibration purchase, nor evaluation truth; u2's is all three."""
     from salerank.features.history import Catalog, purchases_on
     from salerank.features.loading import Tables
-    from salerank.jobs.backtesting import truth_window
+    from salerank.jobs.replay import truth_window
 
     sales = spark.createDataFrame([("s1", "Sale 1", dt.date(2025, 1, 1), dt.date(2025, 1, 10), 100.0)],
                                   "sale_id string, title string, open_date date, close_date date, price double")
@@ -69,7 +69,7 @@ def test_sale_versions_are_read_as_of_each_day(spark):
 
     from salerank.features.history import Catalog, ScoringContext
     from salerank.features.loading import Tables
-    from salerank.metamodel.features import DaysLeft
+    from salerank.metamodel.signals import DaysLeft
 
     sales = spark.createDataFrame([("s1", "Sale 1", dt.date(2025, 1, 1), dt.date(2025, 1, 20), 80.0),
                                    ("s2", "Sale 2", dt.date(2025, 1, 1), dt.date(2025, 1, 30), 50.0)],

@@ -73,7 +73,7 @@ def test_without_hand_labels_imagenet_classes_are_the_tags(spark, config, tmp_pa
                                    "sale_id string, image_path string")
     result = tag_images(images, None, str(tmp_path), None, config, seed=0)
     tags = result.tags.toPandas().sort_values("rank")
-    assert result.model_version == "efficientnet-lite0:imagenet-classes"
+    assert result.tagger_version == "efficientnet-lite0:imagenet-classes"
     assert tags["rank"].tolist() == [1, 2, 3, 4, 5] and tags.iloc[0].tag == "daisy"
     failures = dict(result.failures)
     assert set(failures) == {"broken.jpg", "gone.jpg"} and failures["gone.jpg"] == "file not found"

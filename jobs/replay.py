@@ -16,7 +16,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import os
 import zlib
 from dataclasses import dataclass
 
@@ -32,12 +31,12 @@ from ..features.history import Catalog, ScoringContext, not_bought_before
 from ..features.loading import load_tables
 from ..metamodel.calibration import calibration_check
 from ..metamodel.evaluation import LEVEL, PER_USER, Resampled, per_user_metrics, verdict
-from ..metamodel.features import signals_from_config
-from ..metamodel.ranking import METAMODEL
-from ..metamodel.training import TrainingDataError
+from ..metamodel.signals import signals_from_config
+from ..metamodel.ranking import METAMODEL, rank_users
+from ..metamodel.training import TrainingDataError, calibration_pairs, fit_metamodel
 from ..recommenders.scoring import released
 from .lease import hold
-from .pipeline import Stages, calibration_pairs, fit_metamodel, rank_users, run_image_stage
+from .pipeline import Stages, run_image_stage
 from .publish import publish_parquet
 from ..storage import FileSystem, join
 from .tracking import start_run, tracking_uri
@@ -237,9 +236,10 @@ def _rank_and_publish(context, prototypes, model, users, truth, out_dir, config)
     ranked = rank_users(context, prototypes, model, users, config).cache()
     try:
         for strategy in (METAMODEL, *[r.name for r in prototypes]):
-            version = model.version_ if strategy == METAMODEL else strategy
+            # the day's meta-model is not registered: its content hash, not a registry label
+            version = F.lit(model.version_ if strategy == METAMODEL else None).cast("string")
             publish_parquet(ranked.filter(F.col("strategy") == strategy).select(
-                "user_id", "rank", "sale_id", "score", F.lit(version).alias("model_version")),
+                "user_id", "rank", "sale_id", "score", version.alias("content_version")),
                 join(out_dir, "recommendations", f"model={strategy}", f"run_date={context.as_of}"))
         buyers = spark_frame(ranked, truth[["user_id"]].drop_duplicates())
         recommended = ranked.join(buyers, "user_id").toPandas() if len(truth) else ranked.limit(0).toPandas()
