@@ -1,8 +1,9 @@
 """End to end: the nightly run on a small generated world, through the command line."""
 import datetime as dt
+import hashlib
+import io
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -18,6 +19,7 @@ import yaml
 from salerank.jobs.cli import main
 from salerank.jobs.experiments import parse_experiments, variant_of
 from salerank.jobs.pipeline import run_nightly, run_training
+from salerank.jobs.publish import content_checksum
 from salerank.world import truth_metrics
 
 pytestmark = pytest.mark.slow
@@ -56,18 +58,62 @@ def night(spark, world, world_dir, night_config, trained):
     return result, out
 
 
+# Only the fixtures above publish to their OUT; a test that publishes a night does it in an OUT
+# of its own (own_out, copy_of_night), so that no test reads what another one published.
+
+@pytest.fixture(scope="module")
+def store_config(night_config, trained):
+    """The night's configuration with the trained model's MLflow store, for an OUT of its own."""
+    _, out = trained
+    return {**night_config, "mlflow": {**night_config["mlflow"], "tracking_uri": f"sqlite:///{out / 'mlflow.db'}"}}
+
+
+@pytest.fixture(scope="module")
+def store_conf_file(store_config, tmp_path_factory):
+    path = tmp_path_factory.mktemp("conf") / "store.yaml"
+    path.write_text(yaml.safe_dump({key: store_config[key] for key in ("spark", "metamodel", "experiments", "mlflow")}))
+    return path
+
+
+def own_out(night, tmp_path):
+    """An empty OUT but for the night's image cache (photos already tagged are not tagged again):
+    nights published there need ``store_config``."""
+    mine = tmp_path / "out"
+    shutil.copytree(night[1] / "image_cache", mine / "image_cache")
+    return mine
+
+
+def copy_of_night(night, tmp_path):
+    """A copy of the night's OUT: its published night, image cache and MLflow store (whose runs
+    keep their artifacts in the original's ``mlartifacts``), for a test that runs that night again."""
+    mine = tmp_path / "out"
+    shutil.copytree(night[1], mine, ignore=shutil.ignore_patterns("_leases"))
+    return mine
+
+
+def night_by_hand(world, day: dt.date, k: int = 10, lookback_days: int = 30) -> dict:
+    """What the night of ``day`` ranks, from the world's tables: the users who visited or
+    bought in the ``lookback_days`` before it, the sales open on it, the (user, sale) pairs
+    bought before it, and the rows of a top ``k`` (per active user k, or fewer when they have
+    bought all but fewer of the open sales)."""
+    iso, recent = day.isoformat(), (day - dt.timedelta(days=lookback_days)).isoformat()
+    visits, purchases = (events[events["ts"] < iso] for events in (world.visits, world.purchases))
+    active = set(visits[visits.ts >= recent].user_id) | set(purchases[purchases.ts >= recent].user_id)
+    open_sales = set(world.sales.query("open_date <= @iso and close_date >= @iso").sale_id)
+    bought = set(zip(purchases.user_id, purchases.sale_id))
+    bought_open = purchases[purchases.sale_id.isin(open_sales)].groupby("user_id").sale_id.nunique()
+    rows = sum(min(k, len(open_sales) - int(bought_open.get(user, 0))) for user in active)
+    return {"active": active, "open": open_sales, "bought": bought, "rows": rows}
+
+
 def test_output_contract(spark, world, night):
     result, out = night
     recs = spark.read.parquet(str(out / "recommendations" / f"run_date={world.last_date}")).toPandas()
     assert list(recs.columns) == ["user_id", "rank", "sale_id", "score", "model_version"]
-    day = world.last_date.isoformat()
-    before = lambda events: events[events["ts"] < day]  # noqa: E731
-    recent = (world.last_date - dt.timedelta(days=30)).isoformat()
-    active = set(before(world.visits).query("ts >= @recent").user_id) | set(
-        before(world.purchases).query("ts >= @recent").user_id)
+    hand = night_by_hand(world, world.last_date)
+    active, open_sales, bought = hand["active"], hand["open"], hand["bought"]
     assert set(recs.user_id) == active and result.active_users == len(active)
-    open_sales = set(world.sales.query("open_date <= @day and close_date >= @day").sale_id)
-    bought = set(zip(before(world.purchases).user_id, before(world.purchases).sale_id))
+    assert result.open_sales == len(open_sales) and result.rows == len(recs) == hand["rows"]
     for user, ranking in recs.groupby("user_id"):
         ranking = ranking.sort_values("rank")
         assert ranking["rank"].tolist() == list(range(1, 11))
@@ -89,13 +135,26 @@ def test_quick_evaluation_against_the_days_purchases(world, night):
     """One day of a small world has too few purchases to rank strategies by (that is what
     the truth test above is for), but every strategy is scored on exactly those buyers."""
     result, _ = night
-    day = world.last_date.isoformat()
-    buyers = set(world.purchases[world.purchases.ts.str[:10] == day].user_id) & set(
-        result.rankings.user_id)
+    hand = night_by_hand(world, world.last_date)
+    # the truth: purchases on the day of sales open on it, not bought before, by active users
+    todays = world.purchases[world.purchases.ts.str[:10] == world.last_date.isoformat()]
+    todays = todays[[(u, s) not in hand["bought"] and s in hand["open"] and u in hand["active"]
+                     for u, s in zip(todays.user_id, todays.sale_id)]]
+    bought = todays.groupby("user_id").sale_id.agg(set)
     assert set(result.metrics.index) == {"metamodel", "popularity", "item_cf", "content", "als", "bpr",
                                          "image_themes"}
-    assert (result.metrics["users"] == len(buyers)).all() and len(buyers) > 0
-    assert result.metrics[["precision@10", "recall@10", "ndcg@10"]].stack().between(0, 1).all()
+    assert (result.metrics["users"] == len(bought)).all() and len(bought) > 0
+    discount = 1 / np.log2(np.arange(2, 12))  # rank 1..10
+    for strategy, row in result.metrics.iterrows():
+        ranked = result.rankings[result.rankings.strategy == strategy].sort_values("rank")
+        top = ranked.groupby("user_id").sale_id.agg(list)
+        hits = {user: np.array([s in sales for s in top.get(user, [])[:10]], bool) for user, sales in bought.items()}
+        by_hand = {"precision@10": np.mean([h.sum() / 10 for h in hits.values()]),
+                   "recall@10": np.mean([hits[u].sum() / len(s) for u, s in bought.items()]),
+                   "ndcg@10": np.mean([discount[:len(hits[u])][hits[u]].sum() / discount[:min(10, len(s))].sum()
+                                       for u, s in bought.items()]),
+                   "hit_rate@10": np.mean([h.any() for h in hits.values()])}
+        assert row[list(by_hand)].tolist() == pytest.approx(list(by_hand.values()), rel=1e-12), strategy
 
 
 def test_training_is_recorded_and_registered_in_mlflow(trained):
@@ -105,7 +164,15 @@ def test_training_is_recorded_and_registered_in_mlflow(trained):
     run = mlflow.get_run(result.mlflow_run_id)
     assert run.info.status == "FINISHED"
     assert run.data.params["metamodel.train_days"] == "6"
-    assert "validation_auc" in run.data.metrics and run.data.metrics["chosen_C"] in (0.01, 0.1, 1.0, 10.0)
+    # every point of the configured grid was validated, and the logged choice is the point whose
+    # validation scores were logged with it (which point wins: tests/test_features.py)
+    grid = pd.read_csv(io.StringIO(mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/metamodel_validation_grid.csv")))
+    assert sorted(zip(grid.C, grid.negative_ratio)) == [(c, r) for c in (0.01, 0.1, 1.0, 10.0) for r in (2, 5, 10)]
+    logged = run.data.metrics
+    chosen = grid[np.isclose(grid.auc, logged["validation_auc"], rtol=1e-12, atol=0)
+                  & np.isclose(grid.log_loss, logged["validation_log_loss"], rtol=1e-12, atol=0)]
+    assert len(chosen) == 1
+    assert (chosen.C.item(), chosen.negative_ratio.item()) == (logged["chosen_C"], logged["chosen_negative_ratio"])
     features = len(mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/metamodel_coefficients.json")) - 1
     assert features == 6 + 3 + 6  # six recommenders' scores, three signals (no recency), six ranks
     version = mlflow.MlflowClient().get_model_version_by_alias("salerank-metamodel", "champion")
@@ -134,7 +201,7 @@ def test_night_is_recorded_in_mlflow_with_the_model_version_it_used(night, train
             "seconds_publish"} <= set(run.data.metrics)
 
 
-def test_manifest_lists_every_output_with_rows_and_checksums(world, night):
+def test_manifest_lists_every_output_with_rows_and_checksums(spark, world, night):
     result, out = night
     name = f"run_date={world.last_date}"
     assert (out / "manifests" / name / "_SUCCESS").exists()
@@ -147,10 +214,14 @@ def test_manifest_lists_every_output_with_rows_and_checksums(world, night):
     assert {f"image_tags/{name}", f"themes/{name}/sale_themes", f"themes/{name}/theme_tags",
             f"exports/{name}/meta-vs-pop/control.jsonl", f"exports/{name}/meta-vs-pop/treatment.jsonl"
             } <= set(outputs)
-    report = outputs.pop(f"reports/{name}/index.html")
-    assert report["checksum"].startswith("sha256:") and report["bytes"] > 10_000
-    assert outputs.pop(f"exports/{name}/meta-vs-pop/manifest.json")["checksum"].startswith("sha256:")
-    assert all(o["checksum"].startswith("xxhash64-sum:") for o in outputs.values())
+    for path in (f"reports/{name}/index.html", f"exports/{name}/meta-vs-pop/manifest.json"):
+        content = (out / path).read_bytes()
+        assert outputs.pop(path) == {"bytes": len(content), "checksum": f"sha256:{hashlib.sha256(content).hexdigest()}"}
+    assert (out / "reports" / name / "index.html").stat().st_size > 10_000  # photos and tables, not an error page
+    for path, entry in outputs.items():  # the datasets: rows and content checksum of what was published
+        published = spark.read.text(str(out / path)) if path.endswith(".jsonl") else spark.read.parquet(str(out / path))
+        rows, checksum = content_checksum(published)
+        assert entry == {"rows": rows, "checksum": checksum} and checksum.startswith("xxhash64-sum:"), path
     assert not list((out / "_staging").iterdir())
 
 
@@ -199,8 +270,9 @@ def test_photos_are_tagged_with_their_scenes_and_themes_published(spark, world, 
 
 def test_rerun_of_a_night_is_identical_and_reuses_the_image_cache(world, world_dir, night, conf_file, caplog,
                                                                    tmp_path, monkeypatch):
-    """The re-run is given file:// URIs from another working directory: the same night."""
-    result, out = night
+    """The re-run (in a copy of the night's OUT) is given file:// URIs from another working
+    directory: the same night."""
+    out = copy_of_night(night, tmp_path)
     monkeypatch.chdir(tmp_path)
     relative = f"recommendations/run_date={world.last_date}"
     manifest = out / "manifests" / f"run_date={world.last_date}" / "manifest.json"
@@ -210,7 +282,7 @@ def test_rerun_of_a_night_is_identical_and_reuses_the_image_cache(world, world_d
         code = main(["nightly", "--data", (world_dir / "data").as_uri(), "--date", str(world.last_date),
                      "--out", out.as_uri(), "--conf", conf_file.as_uri()])
     assert code == 0
-    assert re.search(r"0 of [1-9]\d* photos to tag, the others from the cache", caplog.text)
+    assert f"0 of {world.sale_images.image_path.nunique()} photos to tag, the others from the cache" in caplog.text
     again = pd.read_parquet(out / relative).sort_values(["user_id", "rank"]).reset_index(drop=True)
     pd.testing.assert_frame_equal(first, again)
     assert manifest.read_bytes() == first_manifest  # same rows, checksums, model, config, data
@@ -224,8 +296,8 @@ def published_files(out, day) -> dict:
 
 
 def test_a_night_killed_mid_way_leaves_the_published_night_and_the_next_run_completes(
-        world, world_dir, night, conf_file):
-    _, out = night
+        world, world_dir, night, conf_file, tmp_path):
+    out = copy_of_night(night, tmp_path)
     before = published_files(out, world.last_date)
     assert any(name.endswith("_SUCCESS") for name in before)
     args = ["nightly", "--data", str(world_dir / "data"), "--date", str(world.last_date),
@@ -262,15 +334,14 @@ def test_nightly_without_a_registered_model_says_how_to_train_one(world, world_d
     assert not (tmp_path / "recommendations").exists() and not (tmp_path / "manifests").exists()
 
 
-def test_a_model_trained_with_other_features_is_refused(world, world_dir, night, tmp_path, capsys):
-    _, out = night
+def test_a_model_trained_with_other_features_is_refused(world, world_dir, store_config, tmp_path, capsys):
     conf = tmp_path / "noimages.yaml"
-    conf.write_text(yaml.safe_dump({"image_labelling": {"enabled": False}}))
-    code = main(["nightly", "--data", str(world_dir / "data"), "--date", str(world.last_date - dt.timedelta(days=1)),
-                 "--out", str(out), "--conf", str(conf)])
+    conf.write_text(yaml.safe_dump({"image_labelling": {"enabled": False}, "mlflow": store_config["mlflow"]}))
+    code = main(["nightly", "--data", str(world_dir / "data"), "--date", str(world.last_date),
+                 "--out", str(tmp_path / "out"), "--conf", str(conf)])
     err = capsys.readouterr().err
     assert code == 2 and "needs the features ['image_themes', 'rank_image_themes']" in err
-    assert not (out / "manifests" / f"run_date={world.last_date - dt.timedelta(days=1)}").exists()
+    assert not (tmp_path / "out" / "manifests").exists()
 
 
 def _sorted(frame, by):
@@ -374,8 +445,8 @@ def test_bad_data_exits_non_zero_and_publishes_nothing(world, world_dir, conf_fi
 
 
 def test_corrupt_and_missing_photos_are_named_skipped_and_the_night_completes(
-        world, world_dir, night, conf_file, tmp_path, capsys, caplog):
-    _, out = night
+        world, world_dir, night, store_conf_file, tmp_path, capsys, caplog):
+    out = own_out(night, tmp_path)
     data = shutil.copytree(world_dir / "data", tmp_path / "data")
     images = sorted(world.sale_images.image_path)
     corrupt, missing = images[0], images[1]
@@ -384,7 +455,7 @@ def test_corrupt_and_missing_photos_are_named_skipped_and_the_night_completes(
     day = world.last_date - dt.timedelta(days=2)
     with caplog.at_level("WARNING", logger="salerank"):
         code = main(["nightly", "--data", str(data), "--date", str(day), "--out", str(out),
-                     "--conf", str(conf_file)])
+                     "--conf", str(store_conf_file)])
     assert code == 0 and "Traceback" not in capsys.readouterr().err
     assert f"image skipped: {corrupt}" in caplog.text and f"image skipped: {missing}" in caplog.text
     assert (out / "manifests" / f"run_date={day}" / "_SUCCESS").exists()
@@ -393,29 +464,33 @@ def test_corrupt_and_missing_photos_are_named_skipped_and_the_night_completes(
 
 
 def test_without_purchases_to_evaluate_only_the_needed_strategies_are_ranked(
-        spark, world, world_dir, night, night_config, tmp_path):
+        spark, world, world_dir, night, store_config, tmp_path):
     """In production the run date's purchases are not in yet: a single recommender's own
     top-k is then computed only when an experiment shows it (here popularity)."""
-    _, out = night
+    out = own_out(night, tmp_path)
     day = world.last_date - dt.timedelta(days=3)
     data = shutil.copytree(world_dir / "data", tmp_path / "data", ignore=shutil.ignore_patterns("images"))
     (data / "images").symlink_to(world_dir / "data" / "images")
     purchases = pd.read_csv(data / "purchases.csv")
     purchases[purchases.ts < str(day)].to_csv(data / "purchases.csv", index=False)
-    result = run_nightly(spark, str(data), day, str(out), night_config, keep_rankings=False)
-    assert result.metrics is None and result.rows > 0
+    result = run_nightly(spark, str(data), day, str(out), store_config, keep_rankings=False)
+    hand = night_by_hand(world, day)  # the purchases before the day are the world's
+    assert result.metrics is None and result.active_users == len(hand["active"]) and result.rows == hand["rows"]
     page = (out / "reports" / f"run_date={day}" / "index.html").read_text()
     assert "popularity #" in page and "item_cf #" not in page and "content #" not in page
     folder = out / "exports" / f"run_date={day}" / "meta-vs-pop"
     assert (folder / "control.jsonl").read_text() and (folder / "treatment.jsonl").read_text()
 
 
-def test_night_without_open_sales_or_active_users_publishes_an_empty_output(spark, world, world_dir, night_config, night):
-    _, out = night
+def test_night_without_open_sales_or_active_users_publishes_an_empty_output(spark, world, world_dir, store_config,
+                                                                             night, tmp_path):
+    out = own_out(night, tmp_path)
     later = world.last_date + dt.timedelta(days=20)  # every sale has closed; users still active
     # 20 days after the last event: a stalled feed, unless allowed
-    result = run_nightly(spark, str(world_dir / "data"), later, str(out), {**night_config, "max_data_lag_days": None})
-    assert result.open_sales == 0 and result.active_users > 0 and result.rows == 0
+    result = run_nightly(spark, str(world_dir / "data"), later, str(out), {**store_config, "max_data_lag_days": None})
+    hand = night_by_hand(world, later)  # active: an event in the 10 days before the world's last day
+    assert hand["open"] == set() and len(hand["active"]) > 0
+    assert result.open_sales == 0 and result.active_users == len(hand["active"]) and result.rows == 0
     empty = spark.read.parquet(result.output)
     assert empty.count() == 0 and "model_version" in empty.columns
     exports = out / "exports" / f"run_date={later}" / "meta-vs-pop"
@@ -423,8 +498,10 @@ def test_night_without_open_sales_or_active_users_publishes_an_empty_output(spar
     assert (out / "manifests" / f"run_date={later}" / "_SUCCESS").exists()
 
     first = world.sales.open_date.min()  # sales open, but nobody has done anything yet
-    result = run_nightly(spark, str(world_dir / "data"), dt.date.fromisoformat(str(first)), str(out), night_config)
-    assert result.active_users == 0 and result.open_sales > 0 and result.rows == 0
+    result = run_nightly(spark, str(world_dir / "data"), dt.date.fromisoformat(str(first)), str(out), store_config)
+    hand = night_by_hand(world, dt.date.fromisoformat(str(first)))
+    assert hand["active"] == set() and len(hand["open"]) > 0
+    assert result.active_users == 0 and result.open_sales == len(hand["open"]) and result.rows == 0
     assert (out / "manifests" / f"run_date={first}" / "_SUCCESS").exists()
     assert (out / "exports" / f"run_date={first}" / "meta-vs-pop" / "treatment.jsonl").read_text() == ""
 
@@ -439,8 +516,11 @@ def test_ab_report_measures_a_planted_uplift(world, world_dir, night, tmp_path, 
     """Plant purchases after the night: treatment users buy twice as often as control users.
     The report must count exactly what a direct computation counts (a fixed 7-day window from
     each user's first exposure), find the uplift, and see no sample-ratio mismatch (the split
-    follows the 1:3 weights)."""
-    _, out = night
+    follows the 1:3 weights). The report reads an OUT where this night is the only one
+    published (its exports and manifest, copied): whatever other tests publish."""
+    out = tmp_path / "out"
+    for part in ("exports", "manifests"):
+        shutil.copytree(night[1] / part / f"run_date={world.last_date}", out / part / f"run_date={world.last_date}")
     folder = out / "exports" / f"run_date={world.last_date}" / "meta-vs-pop"
     exposed = {json.loads(line)["user_id"]: variant for variant in ("control", "treatment")
                for line in (folder / f"{variant}.jsonl").read_text().splitlines()}
@@ -464,21 +544,12 @@ def test_ab_report_measures_a_planted_uplift(world, world_dir, night, tmp_path, 
     printed = capsys.readouterr().out
     report = json.loads((out / "ab_reports" / "meta-vs-pop.json").read_text())
 
-    # the direct computation: each user's purchases over the 7 days from their first exported
-    # night (other tests of this module publish other nights too), for the users whose 7 days
-    # the data covers (through its newest visit or purchase)
-    lines = [(json.loads(line), dt.date.fromisoformat(path.parent.parent.name[len("run_date="):]))
-             for path in sorted(out.glob("exports/run_date=*/meta-vs-pop/*.jsonl"))
-             for line in path.read_text().splitlines()]
-    nights = pd.DataFrame([(line["user_id"], night) for line, night in lines], columns=["user_id", "night"])
-    first_night = nights.groupby("user_id")["night"].min()
+    # the direct computation: each exported user's purchases over the 7 days from the night (their
+    # first and only exposure), every user's 7 days covered by the data (its newest visit or purchase)
     through = max(pd.to_datetime(purchases.ts).max(), pd.to_datetime(world.visits.ts).max()).date()
-    exposed = {line["user_id"]: line["variant"] for line, _ in lines
-               if first_night[line["user_id"]] + dt.timedelta(days=6) <= through}
+    assert through >= world.last_date + dt.timedelta(days=6)
     when = pd.to_datetime(purchases.ts).dt.date
-    first = purchases.user_id.map(first_night)
-    counted = purchases[[f == f and f is not None and f <= w < f + dt.timedelta(days=7)
-                         for f, w in zip(first, when)]]
+    counted = purchases[(when >= world.last_date) & (when < world.last_date + dt.timedelta(days=7))]
     for variant in ("control", "treatment"):
         users = [u for u, v in exposed.items() if v == variant]
         mine = counted[counted.user_id.isin(users)]
@@ -488,7 +559,7 @@ def test_ab_report_measures_a_planted_uplift(world, world_dir, night, tmp_path, 
         assert got["revenue_per_user"] == pytest.approx(mine.amount.sum() / len(users))
     uplift = report["variants"]["treatment"]["uplift"]["conversion"]
     assert uplift["low"] > 0  # twice the planted rate is found
-    assert not report["sample_ratio"]["mismatch"] and day in report["nights"]
+    assert not report["sample_ratio"]["mismatch"] and report["nights"] == [day]
     assert "conversion uplift" in printed and "sample ratio" in printed
 
 
