@@ -33,18 +33,23 @@ from salerank.adapters import hm
 from salerank.conf import load_config
 from salerank.jobs.replay import run_backtest
 from salerank.jobs.spark import get_spark
-from salerank.metamodel.evaluation import PER_USER, per_user_metrics
+from salerank.metamodel.evaluation import PER_USER, Resampled, per_user_metrics, verdict
+
+INTERVAL_METRICS = ("recall", "ndcg", "hit_rate")
 
 DEFAULT_SOURCE = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "hm-sample"
 
 
 def truth_for(tables: dict, day: dt.date, truth_days: int) -> pd.DataFrame:
-    """Purchases in [day, day + truth_days) of the sales open on day (as the backtest)."""
+    """Purchases in [day, day + truth_days) of the sales open on day that the buyer had not
+    bought before day (as the backtest: no list can hold a sale its user bought)."""
     sales = tables["sales"]
     open_ids = set(sales[(sales.open_date <= day) & (sales.close_date >= day)].sale_id)
     p = tables["purchases"]
     when = pd.to_datetime(p["ts"]).dt.date
+    before = set(zip(p.user_id[when < day], p.sale_id[when < day]))
     window = p[(when >= day) & (when < day + dt.timedelta(days=truth_days)) & p.sale_id.isin(open_ids)]
+    window = window[[pair not in before for pair in zip(window.user_id, window.sale_id)]]
     return window[["user_id", "sale_id", "amount"]]
 
 
@@ -161,6 +166,19 @@ def main() -> None:
             continue
         print(f"\n== {segment}")
         print(table.loc[segment].sort_values("ndcg", ascending=False).round(4).to_string())
+        # 95 % bootstrap intervals over the (user, day) pairs, and the meta-model against each
+        # other list on the same pairs (paired), as salerank backtest gives them
+        resampled = Resampled(scores[scores.segment == segment], 1000, seed=42)
+        rows = {s: {m: f"{table.loc[(segment, s), m]:.4f} [{lo:.4f}, {hi:.4f}]"
+                    for m, (lo, hi) in resampled.interval(s).items() if m in INTERVAL_METRICS}
+                for s in table.loc[segment].sort_values("ndcg", ascending=False).index}
+        print(pd.DataFrame.from_dict(rows, orient="index").to_string())
+        for meta in (m for m in ("metamodel", "metamodel_no_images") if m in resampled.strategies):
+            for other in (s for s in resampled.strategies if not s.startswith("metamodel")):
+                diff = resampled.difference(other, meta)
+                print(f"  {meta} - {other}: " + ", ".join(
+                    f"{m} [{lo:+.4f}, {hi:+.4f}] {verdict(lo, hi)}" for m, (lo, hi) in diff.items()
+                    if m in INTERVAL_METRICS))
 
 
 if __name__ == "__main__":
