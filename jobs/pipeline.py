@@ -29,7 +29,7 @@ from ..features.loading import check_fresh, load_tables
 from ..metamodel.evaluation import ranking_metrics
 from ..metamodel.ranking import METAMODEL, RANKING_SCHEMA, rank_users
 from ..metamodel.signals import signals_from_config
-from ..metamodel.training import TrainingDataError, feature_names, fit_metamodel
+from ..metamodel.training import TrainingDataError, cached_day, feature_names, fit_metamodel
 from ..recommenders.scoring import released
 from ..storage import FileSystem, join
 from .experiments import export_lines, parse_experiments
@@ -385,7 +385,7 @@ def _train(tables, catalog, prototypes, as_of, config):
     mlflow.log_text(report["calibration"].to_csv(), "metamodel_calibration.csv")
     mlflow.set_tag("model_content_version", model.version_)
     mlflow.log_dict(model.coefficients_, "metamodel_coefficients.json")
-    training_days = sorted(key for key in days if not isinstance(key, tuple))  # not ("pairs", day)
+    training_days = sorted(key for key in days if key == cached_day(key))  # not (PAIRS, day)
     examples = pd.concat([days[day] for day in training_days if len(days[day])], ignore_index=True)
     return model, metrics, examples
 

@@ -33,7 +33,7 @@ from ..metamodel.calibration import calibration_check
 from ..metamodel.evaluation import LEVEL, PER_USER, Resampled, per_user_metrics, verdict
 from ..metamodel.signals import signals_from_config
 from ..metamodel.ranking import METAMODEL, rank_users
-from ..metamodel.training import TrainingDataError, calibration_pairs, fit_metamodel
+from ..metamodel.training import TrainingDataError, cached_day, calibration_pairs, fit_metamodel
 from ..recommenders.scoring import released
 from .lease import hold
 from .pipeline import Stages, run_image_stage
@@ -152,7 +152,7 @@ def run_backtest(spark: SparkSession, data_dir: str, start: dt.date, end: dt.dat
                                      calibration)
             # the next date trains on the train_days days before it: older days are done with
             first = day + dt.timedelta(days=1 - config["metamodel"]["train_days"])
-            for done in [key for key in examples_cache if _cached_day(key) < first]:
+            for done in [key for key in examples_cache if cached_day(key) < first]:
                 del examples_cache[done]
             if reason:
                 skipped[str(day)] = reason
@@ -171,11 +171,6 @@ def run_backtest(spark: SparkSession, data_dir: str, start: dt.date, end: dt.dat
         _log_to_mlflow(metrics, per_day, k)
         mlflow.log_metrics({f"seconds_{name.replace(' ', '_')}": s for name, s in stages.seconds.items()})
         return BacktestResult(metrics, per_day, str(out_dir), parent.info.run_id)
-
-
-def _cached_day(key) -> dt.date:
-    """The day of a cache entry: a day's training examples, or ``("pairs", day)``."""
-    return key[-1] if isinstance(key, tuple) else key
 
 
 def _replay_day(tables, catalog, prototypes, day, out_dir, config, truth_days, users, new_sale_days,

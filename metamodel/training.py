@@ -229,6 +229,14 @@ def fit_metamodel(tables, catalog, prototypes, as_of, config, cache: dict | None
     return model, metrics, report
 
 
+PAIRS = "pairs"  # cache key ``(PAIRS, day)``: a day's calibration pairs; a plain day: its examples
+
+
+def cached_day(key) -> dt.date:
+    """The day of an entry of the cache that :func:`fit_metamodel` fills."""
+    return key[-1] if isinstance(key, tuple) else key
+
+
 def calibration_pairs(tables, catalog, scorers, features, days, config, cache: dict | None = None):
     """The unsampled pairs of ``days`` (``metamodel/calibration.py``): they calibrate the
     meta-model on its validation days, and measure it on a backtest's days. A day's pairs do not
@@ -237,10 +245,10 @@ def calibration_pairs(tables, catalog, scorers, features, days, config, cache: d
     ranked = tuple(n for n in (r.name for r in scorers) if rank_name(n) in features)
     frames = []
     for day in days:
-        if ("pairs", day) not in cache:
-            cache[("pairs", day)] = day_pairs(
+        if (PAIRS, day) not in cache:
+            cache[(PAIRS, day)] = day_pairs(
                 tables, catalog, scorers, features, day, config["active_lookback_days"],
                 settings["calibration_pairs"], config["seed"], config["spark"]["scoring_partitions"],
                 ranked, settings["rank_depth"])
-        frames.append(cache[("pairs", day)])
+        frames.append(cache[(PAIRS, day)])
     return pd.concat(frames, ignore_index=True)
