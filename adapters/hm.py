@@ -21,6 +21,12 @@ as title and no destination or category: content-based scoring ignores them on t
 groups, and their photo still gives them image themes.  ``destination`` is the shop index
 (``index_name``, e.g. Ladieswear, Divided), ``category`` the product type.  The photos are
 not copied: ``DATA/images`` is a symbolic link to the source's folder.
+
+``image_labels`` gives the tagger the catalogue's own vocabulary: for each photo of an article
+with metadata, one tag per attribute of :data:`ATTRIBUTES`, written ``attribute=value``
+(``product_type=Trousers``, ``colour=Black``, ...). The tagger trained on them predicts those
+attributes for every photo, the articles without metadata included, and content-based matches
+on the predicted values (see ``features.themes.sale_attributes``).
 """
 from __future__ import annotations
 
@@ -30,6 +36,12 @@ import os
 from pathlib import Path
 
 import pandas as pd
+
+# attribute tag -> column of articles.csv (colour: the perceived master colour, 19 values,
+# rather than the 48 colour groups, most of which have a handful of photos)
+ATTRIBUTES = {"product_type": "product_type_name", "garment_group": "garment_group_name",
+              "colour": "perceived_colour_master_name", "appearance": "graphical_appearance_name",
+              "index_group": "index_group_name"}
 
 
 def adapt(source: Path, window_days: int = 28) -> dict[str, pd.DataFrame]:
@@ -59,9 +71,24 @@ def adapt(source: Path, window_days: int = 28) -> dict[str, pd.DataFrame]:
     })
     users = customers.rename(columns={"customer_id": "user_id"})
     images = pd.DataFrame({"sale_id": debut.index, "image_path": [f"images/{a}.jpg" for a in debut.index]})
+    labels = image_labels(articles.reindex(debut.index).dropna(how="all"), images.set_index("sale_id")["image_path"])
     visits = pd.DataFrame({"user_id": pd.Series(dtype=str), "sale_id": pd.Series(dtype=str),
                            "ts": pd.Series(dtype="datetime64[ns]")})
-    return {"sales": sales, "sale_images": images, "users": users, "visits": visits, "purchases": purchases}
+    return {"sales": sales, "sale_images": images, "users": users, "visits": visits, "purchases": purchases,
+            "image_labels": labels}
+
+
+def image_labels(articles: pd.DataFrame, photo_of: pd.Series) -> pd.DataFrame:
+    """``image_path, tag``: each article's known attributes (:data:`ATTRIBUTES`; the columns
+    ``articles`` has, a missing value skipped) as tags ``attribute=value`` of its photo."""
+    frames = [pd.DataFrame({"image_path": photo_of.reindex(articles.index).to_numpy(),
+                            "tag": attribute + "=" + articles[column].astype(str).to_numpy(),
+                            "known": articles[column].notna().to_numpy()})
+              for attribute, column in ATTRIBUTES.items() if column in articles.columns]
+    if not frames:
+        return pd.DataFrame({"image_path": pd.Series(dtype=str), "tag": pd.Series(dtype=str)})
+    labels = pd.concat(frames, ignore_index=True)
+    return labels[labels.pop("known")].sort_values(["image_path", "tag"], kind="stable").reset_index(drop=True)
 
 
 def window_stats(tables: dict[str, pd.DataFrame]) -> dict:
@@ -72,7 +99,8 @@ def window_stats(tables: dict[str, pd.DataFrame]) -> dict:
     inside = (day >= p["sale_id"].map(sales["open_date"])) & (day <= p["sale_id"].map(sales["close_date"]))
     return {"sales": len(sales), "purchases": len(p), "purchases_inside_a_window": int(inside.sum()),
             "share_inside": round(float(inside.mean()), 4),
-            "sales_with_metadata": int(sales["category"].notna().sum())}
+            "sales_with_metadata": int(sales["category"].notna().sum()),
+            "labelled_photos": int(tables["image_labels"]["image_path"].nunique()) if "image_labels" in tables else 0}
 
 
 def write(tables: dict[str, pd.DataFrame], source: Path, out: Path) -> dict:

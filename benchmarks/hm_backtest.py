@@ -1,13 +1,16 @@
 """The rolling backtest on real data: the H&M sample, against implicit's ALS and BPR alone.
 
     python benchmarks/hm_backtest.py [--source ../shared/data/hm-sample] [--out /tmp/salerank-hm]
-        [--start 2020-08-01] [--end 2020-09-15] [--truth-days 7] [--window-days 28] [--runs images,noimages] [--conf FILE]
+        [--start 2020-08-01] [--end 2020-09-15] [--truth-days 7] [--window-days 28]
+        [--runs images,imagenet,noimages] [--conf FILE]
 
 1. ``salerank.adapters.hm`` turns the sample into the data contract (sale windows: the 28
    days after an article's first purchase; see the adapter).
-2. ``salerank backtest`` replays every date, with the image themes (ImageNet classes of the
-   product photos, NMF) and without them, ranking every buyer of the truth window
-   (``--users all``: cold buyers included).
+2. ``salerank backtest`` replays every date, ranking every buyer of the truth window
+   (``--users all``: cold buyers included): with the images (the tagger trained on the
+   articles' attributes, ``image_labels``: product type, colour, ...; its themes and the
+   attributes it predicts for every photo), with the ImageNet classes as tags instead (no
+   ``image_labels``: ``--runs imagenet``) and without images.
 3. On the same split, ``implicit``'s ALS and BPR are used on their own, as their users
    would: trained on every purchase before D, ``recommend(..., items=<sales open on D>,
    filter_already_liked_items=True)``.
@@ -110,37 +113,45 @@ def main() -> None:
     parser.add_argument("--window-days", type=int, default=28)
     parser.add_argument("--new-sale-days", type=int, default=3)
     parser.add_argument("--runs", default="images,noimages",
-                        help="backtests to run: images (with image themes), noimages, or both")
+                        help="backtests to run, of: images (the tagger trained on the articles' "
+                             "attributes), imagenet (ImageNet classes as tags: no image_labels), noimages")
     parser.add_argument("--conf", help="YAML configuration merged over conf/default.yaml")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s salerank: %(message)s")
     source, out = Path(args.source), Path(args.out)
     tables = hm.adapt(source, args.window_days)
     stats = hm.write(tables, source, out / "data")
+    hm.write({k: v for k, v in tables.items() if k != "image_labels"}, source, out / "data-imagenet")
     print("adapter:", json.dumps(stats))
     tables["sales"]["open_date"] = pd.to_datetime(tables["sales"]["open_date"]).dt.date
     tables["sales"]["close_date"] = pd.to_datetime(tables["sales"]["close_date"]).dt.date
 
-    # folder -> (image themes on?, which of its published models to compare)
-    runs = {"backtest": (True, None), "backtest-noimages": (False, {"metamodel": "metamodel_no_images"})}
-    wanted = {"images": "backtest", "noimages": "backtest-noimages"}
-    runs = {wanted[w]: runs[wanted[w]] for w in args.runs.split(",")}
-    if "backtest" not in runs:  # compare every model of the run that is there
-        runs = {folder: (images, None) for folder, (images, _) in runs.items()}
+    # run -> (output folder, data folder, image stage on?, which of its published models to
+    # compare, renamed; None: all, as they are)
+    runs = {"images": ("backtest", "data", True, None),
+            "imagenet": ("backtest-imagenet", "data-imagenet", True, {
+                m: f"{m}_imagenet" for m in ("metamodel", "content", "image_themes")}),
+            "noimages": ("backtest-noimages", "data", False, {
+                "metamodel": "metamodel_no_images", "content": "content_no_images"})}
+    runs = {runs[w][0]: runs[w][1:] for w in args.runs.split(",")}
+    if "backtest" not in runs:  # compare every model of the first run that is there
+        first = next(iter(runs))
+        runs[first] = runs[first][:2] + (None,)
     seconds, spark = {}, None
-    for folder, (with_images, _) in runs.items():
+    for folder, (data, with_images, _) in runs.items():
         config = load_config(args.conf, overrides={"image_labelling": {"enabled": with_images}})
         spark = spark or get_spark(config)
         start = time.perf_counter()
-        run_backtest(spark, str(out / "data"), args.start, args.end, str(out / folder), config,
+        run_backtest(spark, str(out / data), args.start, args.end, str(out / folder), config,
                      truth_days=args.truth_days, users="all", new_sale_days=args.new_sale_days)
         seconds[folder] = time.perf_counter() - start
 
     per_user, sale_age = [], tables["sales"].set_index("sale_id")["open_date"]
+    has_metadata = tables["sales"].set_index("sale_id")["category"].notna()
     bought_before = tables["purchases"].groupby("user_id")["ts"].min()
     for day in [args.start + dt.timedelta(days=i) for i in range((args.end - args.start).days + 1)]:
         lists = pd.concat([published_lists(spark, out / folder, day, models)
-                           for folder, (_, models) in runs.items()], ignore_index=True)
+                           for folder, (_, _, models) in runs.items()], ignore_index=True)
         if lists.empty:
             continue
         truth = truth_for(tables, day, args.truth_days)
@@ -149,9 +160,11 @@ def main() -> None:
         lists = pd.concat([lists, implicit_lists(tables, day, users, seed=42)], ignore_index=True)
         new_sale = truth.sale_id.map(sale_age) >= day - dt.timedelta(days=args.new_sale_days - 1)
         returning = pd.to_datetime(truth.user_id.map(bought_before)).dt.date < day
+        described = truth.sale_id.map(has_metadata).astype(bool)
         for segment, part in (("overall", truth), ("new_sales", truth[new_sale]),
                               ("established_sales", truth[~new_sale]),
-                              ("new_users", truth[~returning]), ("returning_users", truth[returning])):
+                              ("new_users", truth[~returning]), ("returning_users", truth[returning]),
+                              ("no_metadata_sales", truth[~described]), ("metadata_sales", truth[described])):
             per_user.append(per_user_metrics(lists, part, 10).assign(day=day, segment=segment))
     scores = pd.concat(per_user, ignore_index=True)
     table = (scores.groupby(["segment", "strategy"])[list(PER_USER)].mean()
@@ -161,7 +174,8 @@ def main() -> None:
           f"truth window {args.truth_days} days, new sale = first {args.new_sale_days} days")
     print("backtest seconds:", {k: round(v) for k, v in seconds.items()})
     pd.set_option("display.width", 200)
-    for segment in ("overall", "new_sales", "established_sales", "new_users", "returning_users"):
+    for segment in ("overall", "new_sales", "established_sales", "new_users", "returning_users",
+                    "no_metadata_sales", "metadata_sales"):
         if segment not in table.index.get_level_values("segment"):
             continue
         print(f"\n== {segment}")
@@ -173,8 +187,13 @@ def main() -> None:
                     for m, (lo, hi) in resampled.interval(s).items() if m in INTERVAL_METRICS}
                 for s in table.loc[segment].sort_values("ndcg", ascending=False).index}
         print(pd.DataFrame.from_dict(rows, orient="index").to_string())
-        for meta in (m for m in ("metamodel", "metamodel_no_images") if m in resampled.strategies):
-            for other in (s for s in resampled.strategies if not s.startswith("metamodel")):
+        metas = [s for s in resampled.strategies if s.startswith("metamodel")]
+        for meta in metas:
+            # against every other list, and the meta-model with images against the one without
+            others = [s for s in resampled.strategies if not s.startswith("metamodel")]
+            if meta != "metamodel_no_images" and "metamodel_no_images" in metas:
+                others.append("metamodel_no_images")
+            for other in others:
                 diff = resampled.difference(other, meta)
                 print(f"  {meta} - {other}: " + ", ".join(
                     f"{m} [{lo:+.4f}, {hi:+.4f}] {verdict(lo, hi)}" for m, (lo, hi) in diff.items()

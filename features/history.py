@@ -36,11 +36,18 @@ class Catalog:
     index: DataFrame  # Spark: sale_id -> sale_idx, for joining events
     themes: np.ndarray | None = None  # sales x image themes, rows in idx order
     versions: pd.DataFrame | None = None  # sale_id, valid_from, [open_date, close_date, price]
+    attributes: pd.DataFrame | None = None  # sales x attributes predicted from the photos, idx order
 
-    def with_themes(self, sale_themes: pd.DataFrame) -> Catalog:
-        """This catalogue with each sale's image-theme weights (0 for sales without photos)."""
+    def with_themes(self, sale_themes: pd.DataFrame, sale_attributes: pd.DataFrame | None = None) -> Catalog:
+        """This catalogue with each sale's image-theme weights (0 for sales without photos) and,
+        given a tagger of catalogue attributes, the values predicted from its photos (None
+        for sales without photos)."""
         aligned = sale_themes.reindex(self.sales["sale_id"]).fillna(0.0).to_numpy()
-        return dataclasses.replace(self, themes=aligned)
+        attributes = None
+        if sale_attributes is not None and len(sale_attributes.columns):
+            attributes = sale_attributes.reindex(self.sales["sale_id"]).astype(object)
+            attributes = attributes.where(attributes.notna(), None).reset_index(drop=True)
+        return dataclasses.replace(self, themes=aligned, attributes=attributes)
 
     def as_of(self, day: dt.date) -> Catalog:
         """The catalogue as known at the start of ``day``: each versioned sale with the terms

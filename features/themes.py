@@ -18,6 +18,8 @@ import pandas as pd
 from scipy.optimize import nnls
 from sklearn.decomposition import NMF
 
+from ..image_labelling.tagger import attribute_of
+
 
 @dataclass(frozen=True, eq=False)
 class ThemeModel:
@@ -62,7 +64,7 @@ class ThemeModel:
         rows = sale_tags.reindex(columns=list(self.tags), fill_value=0.0).to_numpy(np.float64)
         weights = np.array([nnls(basis, row)[0] for row in rows]).reshape(len(rows), len(self.names))
         return Themes(pd.DataFrame(weights, index=sale_tags.index, columns=list(self.names)),
-                      self.theme_tags(), self)
+                      self.theme_tags(), self, sale_attributes(sale_tags))
 
     def theme_tags(self) -> pd.DataFrame:
         """``theme, rank, tag, weight``: each theme's ``top_tags`` strongest tags."""
@@ -78,6 +80,7 @@ class Themes:
     sale_themes: pd.DataFrame  # index sale_id, one column per theme (weights >= 0)
     theme_tags: pd.DataFrame  # theme, rank, tag, weight: each theme's top tags
     model: ThemeModel
+    sale_attributes: pd.DataFrame  # index sale_id, one column per attribute: its predicted value
 
     @property
     def names(self) -> list[str]:
@@ -91,6 +94,20 @@ def sale_tag_matrix(image_tags: pd.DataFrame) -> pd.DataFrame:
                                        values="probability", aggfunc="sum", fill_value=0.0)
     sale_tags = per_image.groupby(level="sale_id").mean().sort_index()
     return sale_tags.reindex(sorted(sale_tags.columns), axis=1)
+
+
+def sale_attributes(sale_tags: pd.DataFrame) -> pd.DataFrame:
+    """Sales x attributes: for each attribute of the tags (``attribute=value``, a tagger trained
+    on catalogue attributes), the sale's most probable value (None where no photo of the sale
+    has one); no columns for a tagger without attributes. Depends only on the sale's own tags."""
+    attributes = sorted({a for a in map(attribute_of, sale_tags.columns) if a})
+    out = pd.DataFrame(index=sale_tags.index)
+    for attribute in attributes:
+        columns = [t for t in sale_tags.columns if attribute_of(t) == attribute]
+        scores = sale_tags[columns].to_numpy()
+        values = np.array([c.split("=", 1)[1] for c in columns], dtype=object)[scores.argmax(axis=1)]
+        out[attribute] = pd.Series(values, index=sale_tags.index).where(scores.max(axis=1) > 0, None)
+    return out
 
 
 def fit_themes(image_tags: pd.DataFrame, n_themes: int, seed: int, top_tags: int = 5) -> Themes:

@@ -29,6 +29,7 @@ from .tagger import Backbone, Embeddings, ImageNetTagger, ImageTagger, Tagger, t
 log = logging.getLogger("salerank")
 
 PHOTOS_PER_PARTITION = 256
+PER_KEYS = ("per_tag", "per_attribute")  # the held-out metrics that are tables, not numbers
 TAG_SCHEMA = ("content_hash string, tagger_version string, tag string, probability double, "
               "rank int, failure string")
 _WORKER_BACKBONES: dict = {}  # per Python worker process: (name, cache_dir) -> Backbone
@@ -179,9 +180,9 @@ def train_tagger(backbone: Backbone, labels: pd.DataFrame, images: list[tuple[st
         held = ImageTagger(seed=seed).fit(embedded.vectors[train], [y_sets[i] for i in train])
         measured = tagging_metrics(held.predict_proba(embedded.vectors[test]),
                                    held.label_matrix([y_sets[i] for i in test]), held.tags_)
-        metrics = {k: v for k, v in measured.items() if k != "per_tag"}
+        metrics = {k: v for k, v in measured.items() if k not in PER_KEYS}
         metrics.update({"held_out_photos": float(len(test)), "held_out_groups": float(len(np.unique(groups[test])))})
-        metrics["per_tag"] = measured["per_tag"]
+        metrics.update({k: measured[k] for k in PER_KEYS})
     return ImageTagger(seed=seed).fit(embedded.vectors, y_sets), metrics
 
 

@@ -254,10 +254,29 @@ class Tagger:
         return tagger
 
 
+def attribute_of(tag: str) -> str | None:
+    """The attribute of a tag written ``attribute=value`` (``colour=Black``), else None."""
+    return tag.split("=", 1)[0] if "=" in tag else None
+
+
 def top_tags(probability: np.ndarray, tags: list[str], k: int) -> list[list[tuple[str, float]]]:
-    """Each row's ``k`` most probable tags, best first (ties by tag order)."""
-    order = np.argsort(-probability, axis=1, kind="stable")[:, :k]
-    return [[(tags[j], float(probability[i, j])) for j in row] for i, row in enumerate(order)]
+    """Each row's ``k`` most probable tags, best first (ties by tag order), followed by the
+    most probable value of each attribute (:func:`attribute_of`) not among them: every photo
+    then has a predicted value for every attribute its tagger knows."""
+    order = np.argsort(-probability, axis=1, kind="stable")
+    attributes = [attribute_of(t) for t in tags]
+    if not any(attributes):
+        return [[(tags[j], float(probability[i, j])) for j in row[:k]] for i, row in enumerate(order)]
+    rows = []
+    for i, ranked in enumerate(order):
+        kept = list(ranked[:k])
+        seen = {attributes[j] for j in kept}
+        for j in ranked[k:]:
+            if attributes[j] and attributes[j] not in seen:
+                kept.append(j)
+                seen.add(attributes[j])
+        rows.append([(tags[j], float(probability[i, j])) for j in kept])
+    return rows
 
 
 def tagging_metrics(probability: np.ndarray, y: np.ndarray, tags: list[str],
@@ -282,4 +301,26 @@ def tagging_metrics(probability: np.ndarray, y: np.ndarray, tags: list[str],
         "micro_f1": float(f1_score(y, predicted, average="micro", zero_division=0)),
         "macro_f1": float(f1_score(y, predicted, average="macro", zero_division=0)),
         "per_tag": per_tag,
+        "per_attribute": attribute_metrics(probability, y, tags, per_tag),
     }
+
+
+def attribute_metrics(probability: np.ndarray, y: np.ndarray, tags: list[str], per_tag: dict) -> dict:
+    """For each attribute of the tags (:func:`attribute_of`): over the photos labelled with one
+    of its values, the accuracy of its most probable value, the share of photos whose value is
+    also the most frequent one in ``y`` (the majority guess, for scale), and the mean average
+    precision of its values."""
+    out = {}
+    for attribute in sorted({a for a in map(attribute_of, tags) if a}):
+        columns = np.array([j for j, t in enumerate(tags) if attribute_of(t) == attribute])
+        labelled = y[:, columns].sum(axis=1) > 0
+        if not labelled.any():
+            continue
+        truth, scores = y[labelled][:, columns], probability[labelled][:, columns]
+        hit = truth[np.arange(len(truth)), scores.argmax(axis=1)] > 0
+        majority = truth[:, truth.sum(axis=0).argmax()] > 0
+        ap = [per_tag[tags[j]]["average_precision"] for j in columns if tags[j] in per_tag]
+        out[attribute] = {"accuracy": float(hit.mean()), "majority_accuracy": float(majority.mean()),
+                          "mean_average_precision": float(np.mean(ap)), "values": len(ap),
+                          "photos": int(labelled.sum())}
+    return out

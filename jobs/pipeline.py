@@ -24,7 +24,7 @@ from .. import recommenders as recs
 from ..conf import flatten
 from ..features.history import Catalog, ScoringContext, purchases_on
 from ..features.themes import Themes, fit_themes, theme_table
-from ..image_labelling.stage import tag_images
+from ..image_labelling.stage import PER_KEYS, tag_images
 from ..features.loading import check_fresh, load_tables
 from ..metamodel.evaluation import ranking_metrics
 from ..metamodel.ranking import METAMODEL, RANKING_SCHEMA, rank_users
@@ -127,7 +127,7 @@ def run_training(spark: SparkSession, data_dir: str, as_of: dt.date, out_dir: st
         if with_images:
             with stages("images"):
                 themes, artefacts = run_image_stage(tables, data_dir, out_dir, config)
-                catalog = catalog.with_themes(themes.sale_themes)
+                catalog = catalog.with_themes(themes.sale_themes, themes.sale_attributes)
         with stages("train"):
             model, metrics, examples = _train(tables, catalog, recs.from_config(config, with_images), as_of, config)
         promotion = None
@@ -190,7 +190,7 @@ def _nightly(spark, data_dir, run_date, out_dir, config, keep_rankings, night) -
             # the image cache is shared with training and other dates: wait for it
             with stages("images"), hold(spark, out_dir, "image_cache", config, wait=True):
                 themes, _ = run_image_stage(tables, data_dir, out_dir, config, night, pinned)
-                catalog = catalog.with_themes(themes.sale_themes)
+                catalog = catalog.with_themes(themes.sale_themes, themes.sale_attributes)
         context = ScoringContext.build(tables, catalog, run_date)
         active = context.active_users(config["active_lookback_days"]).cache()
         release.callback(active.unpersist)
@@ -349,8 +349,9 @@ def run_image_stage(tables, data_dir, out_dir, config, night=None,
     mlflow.set_tag("tagger_version", result.tagger_version)
     mlflow.log_metric("images_skipped", float(len(result.failures)))
     if result.metrics:
-        mlflow.log_metrics({f"tagger_{k}": v for k, v in result.metrics.items() if k != "per_tag"})
-        mlflow.log_dict(result.metrics["per_tag"], "tagger/per_tag_metrics.json")
+        mlflow.log_metrics({f"tagger_{k}": v for k, v in result.metrics.items() if k not in PER_KEYS})
+        for key in PER_KEYS:
+            mlflow.log_dict(result.metrics[key], f"tagger/{key}_metrics.json")
     if tags.empty:
         raise TrainingDataError("no sale photo could be tagged: see the skipped images above")
     themes = pinned.themes.transform(tags) if pinned else fit_themes(tags, config["image_labelling"]["themes"],

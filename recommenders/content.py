@@ -2,7 +2,8 @@
 
 A sale's profile is one-hot over its feature values (``destination=Crete``,
 ``category=villa``, ``price_band=2`` and, when the catalogue has image themes,
-``theme=7``: the sale's dominant theme).  A user's profile is the weighted sum of the
+``theme=7``: the sale's dominant theme, and ``photo_colour=Black``: each catalogue attribute
+the tagger predicts from the sale's photos, when it was trained on such attributes).  A user's profile is the weighted sum of the
 profiles of the sales they visited (weight ``visit_weight``) and bought (plus
 ``purchase_weight``), normalised within each feature group, so the score of a sale is the
 sum over groups of the share of the user's history that matches it (0 to #groups).
@@ -46,6 +47,10 @@ class ContentBased(Recommender):
         if themes is not None:  # photos are sale metadata: known before the sale opens
             dominant = pd.Series(themes.argmax(axis=1), index=sales.index).astype("object")
             values["theme"] = dominant.where(themes.sum(axis=1) > 0, None)
+        attributes = context.catalog.attributes
+        for attribute in attributes.columns if attributes is not None else ():
+            # predicted from the photos, so a sale without metadata is matched like one with
+            values[f"photo_{attribute}"] = attributes[attribute].set_axis(sales.index)
         rows, cols, groups, names = [], [], [], []
         for group, (column, series) in enumerate(values.items()):
             for value in sorted(series.dropna().unique(), key=str):

@@ -22,8 +22,9 @@ def source(tmp_path):
         "price": [0.05, 0.04, 0.02, 0.03, 0.01],
         "sales_channel_id": 2,
     }).to_csv(folder / "transactions.csv", index=False)
-    pd.DataFrame({"article_id": ["0100", "0200"], "prod_name": ["Tee", "Dress"],
-                  "product_type_name": ["T-shirt", "Dress"], "index_name": ["Ladieswear", "Divided"]}
+    pd.DataFrame({"article_id": ["0100", "0200", "0900"], "prod_name": ["Tee", "Dress", "Never sold"],
+                  "product_type_name": ["T-shirt", "Dress", "Hat"], "index_name": ["Ladieswear", "Divided", "Kids"],
+                  "perceived_colour_master_name": ["Red", None, "Blue"]}
                  ).to_csv(folder / "articles.csv", index=False)
     pd.DataFrame({"customer_id": ["c1", "c2", "c3"], "age": [30, 40, 50]}).to_csv(folder / "customers.csv", index=False)
     for article in ("0100", "0200", "0300"):
@@ -44,6 +45,15 @@ def test_windows_open_the_day_after_the_debut_and_keep_the_leading_zeros(source)
     assert tables["visits"].empty
 
 
+def test_image_labels_are_the_known_attributes_of_each_photo(source):
+    labels = hm.adapt(source)["image_labels"]
+    # 0200 has no colour, 0300 no metadata, 0900 no photo (never sold); columns absent from
+    # the file (garment group, ...) give no tags
+    assert list(zip(labels.image_path, labels.tag)) == [
+        ("images/0100.jpg", "colour=Red"), ("images/0100.jpg", "product_type=T-shirt"),
+        ("images/0200.jpg", "product_type=Dress")]
+
+
 def test_later_purchases_never_move_a_window(source):
     full = hm.adapt(source).get("sales").set_index("sale_id")
     transactions = pd.read_csv(source / "transactions.csv", dtype=str)
@@ -58,8 +68,10 @@ def test_written_folder_loads_in_the_contract(spark, source, tmp_path):
     stats = hm.write(hm.adapt(source), source, tmp_path / "data")
     # 0100 bought on 01-03 (inside its window) and 02-15 (after it); the debuts are outside
     assert stats["purchases_inside_a_window"] == 1 and stats["sales_with_metadata"] == 2
+    assert stats["labelled_photos"] == 2
     tables = load_tables(spark, tmp_path / "data")
     assert tables.row_counts["sales"] == 3 and tables.row_counts["purchases"] == 5
+    assert tables.row_counts["image_labels"] == 3
     assert (tmp_path / "data" / "images" / "0300.jpg").exists()
 
 
@@ -67,5 +79,5 @@ def test_written_folder_loads_in_the_contract(spark, source, tmp_path):
 def test_the_real_sample(source):
     stats = hm.window_stats(hm.adapt(REAL))
     assert stats["sales"] == 17033 and stats["purchases"] == 31662
-    assert stats["sales_with_metadata"] == 4116
+    assert stats["sales_with_metadata"] == 4116 and stats["labelled_photos"] == 4116
     assert 0.05 < stats["share_inside"] < 0.2

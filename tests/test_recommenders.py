@@ -85,6 +85,21 @@ def test_content_matches_the_dominant_image_theme(hand_context):
     np.testing.assert_allclose(model.score(history([0])) - without, [[1, 0, 1, 0]])
 
 
+def test_content_matches_attributes_predicted_from_the_photos(hand_context):
+    import dataclasses
+
+    # s4 has no metadata in a real catalogue's sense here, only a photo predicted "colour=red"
+    themes = pd.DataFrame({"t0": [1.0, 1.0, 1.0, 1.0]}, index=["s1", "s2", "s3", "s4"])
+    attributes = pd.DataFrame({"colour": ["red", "blue", None, "red"]}, index=["s1", "s2", "s3", "s4"])
+    catalog = hand_context.catalog.with_themes(themes, attributes)
+    model = ContentBased(price_bands=2).fit(dataclasses.replace(hand_context, catalog=catalog))
+    assert {"photo_colour=red", "photo_colour=blue"} <= set(model.feature_names_)
+    without = ContentBased(price_bands=2).fit(dataclasses.replace(
+        hand_context, catalog=hand_context.catalog.with_themes(themes))).score(history([0]))
+    # a user who visited s1 (red) now also matches s1 and s4 on the predicted colour
+    np.testing.assert_allclose(model.score(history([0])) - without, [[1, 0, 0, 1]])
+
+
 def top_k_rows(world, users, k: int) -> int:
     """The rows of one strategy's top-k on the world's last day, from the world's tables: per
     user, k, or the sales open that day they had not bought before it when fewer."""

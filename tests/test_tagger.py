@@ -140,3 +140,24 @@ def test_the_held_out_photos_share_no_sale_and_no_file_with_the_training_ones():
         for (path, content), held in zip(images, test):
             for key in (*sales_of[path], content):
                 assert sides.setdefault(key, held) == held  # one side per sale and per file
+
+
+def test_every_attribute_has_a_predicted_value_and_is_measured_on_its_own():
+    from salerank.image_labelling.tagger import tagging_metrics, top_tags
+
+    tags = ["beach", "colour=black", "colour=red", "type=dress", "type=hat"]
+    probability = np.array([[0.9, 0.2, 0.1, 0.8, 0.3],
+                            [0.1, 0.3, 0.6, 0.2, 0.7],
+                            [0.5, 0.7, 0.2, 0.6, 0.1]])
+    # top 1 of each photo, then each attribute's best not yet listed (most probable first)
+    assert [[t for t, _ in row] for row in top_tags(probability, tags, 1)] == [
+        ["beach", "type=dress", "colour=black"], ["type=hat", "colour=red"], ["colour=black", "type=dress"]]
+    assert [t for t, _ in top_tags(probability[:1], ["a", "b", "c", "d", "e"], 2)[0]] == ["a", "d"]
+    y = np.array([[1, 1, 0, 1, 0],   # colour right, type right
+                  [0, 1, 0, 0, 1],   # colour wrong (red predicted), type right
+                  [0, 0, 0, 1, 0]], np.float32)  # no colour label; type right
+    measured = tagging_metrics(probability, y, tags)["per_attribute"]
+    assert measured["colour"]["photos"] == 2 and measured["colour"]["accuracy"] == 0.5
+    assert measured["colour"]["majority_accuracy"] == 1.0 and measured["colour"]["values"] == 1
+    assert measured["type"]["accuracy"] == 1.0 and measured["type"]["photos"] == 3
+    assert measured["type"]["majority_accuracy"] == 2 / 3 and "beach" not in measured

@@ -4,7 +4,7 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 
-from salerank.features.themes import fit_themes
+from salerank.features.themes import fit_themes, sale_attributes, sale_tag_matrix
 from salerank.recommenders import ImageThemes, UserHistory
 
 
@@ -95,3 +95,17 @@ def test_themes_whose_numbers_are_not_their_version_are_refused():
     described["components"] = described["components"][:1]  # one theme's numbers for two names
     with pytest.raises(ValueError, match="components of shape"):
         ThemeModel.from_dict(described)
+
+
+def test_each_sale_gets_its_most_probable_value_of_each_attribute():
+    rows = [("s1", "a.jpg", "colour=Black", 0.6), ("s1", "a.jpg", "colour=Red", 0.3),
+            ("s1", "b.jpg", "colour=Red", 0.8),  # over s1's two photos: Black 0.3, Red 0.55
+            ("s1", "a.jpg", "type=Dress", 0.9), ("s2", "c.jpg", "type=Hat", 0.4), ("s2", "c.jpg", "beach", 0.9)]
+    tags = pd.DataFrame(rows, columns=["sale_id", "image_path", "tag", "probability"])
+    attributes = sale_attributes(sale_tag_matrix(tags))
+    assert list(attributes.columns) == ["colour", "type"]
+    assert attributes.loc["s1"].tolist() == ["Red", "Dress"]
+    assert attributes.loc["s2", "colour"] is None and attributes.loc["s2", "type"] == "Hat"
+    # fitted themes carry them, and a tagger without attributes gives none
+    assert fit_themes(tags, n_themes=2, seed=0).sale_attributes.loc["s1", "colour"] == "Red"
+    assert sale_attributes(sale_tag_matrix(_beach_and_ski_tags())).shape == (20, 0)
