@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,6 +17,8 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from .loading import Tables
+
+AUDIENCE_WINDOWS = (1, 7, 30)  # days of the open sales' audience counts (ScoringContext.open_sale_audience)
 
 
 VERSIONED = ("open_date", "close_date", "price")  # the terms ``sale_versions`` may change
@@ -121,12 +124,36 @@ class ScoringContext:
         events = self.events if partitions is None else self.events.repartition(partitions, "user_id")
         return events.groupBy("user_id", "sale_idx").agg(
             F.max(F.col("bought").cast("int")).cast("boolean").alias("bought"),
-            F.max("ts").alias("last_ts"))
+            F.max("ts").alias("last_ts"),
+            F.sum((~F.col("bought")).cast("int")).alias("visits"),
+            F.max(F.when(~F.col("bought"), F.col("ts"))).alias("last_visit_ts"))
 
     def events_since(self, days: int) -> DataFrame:
         """Events in the ``days`` days before ``as_of``."""
         since = F.lit(self.as_of - dt.timedelta(days=days)).cast("timestamp")
         return self.events.filter(F.col("ts") >= since)
+
+    @functools.cached_property
+    def open_sale_audience(self) -> pd.DataFrame:
+        """Per open sale (rows in ``open_idx`` order): the distinct users who visited it
+        (``visitors_Nd``) and who bought it (``buyers_Nd``) in the N days before ``as_of``, for N
+        in :data:`AUDIENCE_WINDOWS`, and the distinct users who visited or bought it in each
+        of the two weeks before (``users_7d``, ``users_prior_7d``). One pass over the events,
+        shared by the signals that read it."""
+        start = F.lit(self.as_of).cast("timestamp")
+
+        def within(days: int, until: int = 0):
+            return ((F.col("ts") >= start - F.expr(f"INTERVAL {days} DAYS"))
+                    & (F.col("ts") < start - F.expr(f"INTERVAL {until} DAYS")))
+
+        counts = [F.countDistinct(F.when(within(d) & (F.col("bought") == kind), F.col("user_id"))).alias(f"{name}_{d}d")
+                  for name, kind in (("visitors", False), ("buyers", True)) for d in AUDIENCE_WINDOWS]
+        counts += [F.countDistinct(F.when(within(7), F.col("user_id"))).alias("users_7d"),
+                   F.countDistinct(F.when(within(14, 7), F.col("user_id"))).alias("users_prior_7d")]
+        longest = max(*AUDIENCE_WINDOWS, 14)
+        found = (self.events_since(longest).filter(F.col("sale_idx").isin([int(i) for i in self.open_idx]))
+                 .groupBy("sale_idx").agg(*counts).toPandas().set_index("sale_idx"))
+        return found.reindex(self.open_idx, fill_value=0).astype(float).reset_index(drop=True)
 
     def active_users(self, lookback_days: int) -> DataFrame:
         """Users who visited or bought in the ``lookback_days`` days before ``as_of``."""
@@ -134,21 +161,28 @@ class ScoringContext:
 
     def user_histories(self, users: DataFrame, partitions: int | None = None) -> DataFrame:
         """``users`` (one row per user_id, any extra columns) with each user's history as
-        three aligned arrays: ``items`` (sale indices), ``bought`` (flags) and ``age_days``
-        (days from the last interaction to the start of ``as_of``); empty if none.
+        aligned arrays: ``items`` (sale indices), ``bought`` (flags), ``age_days`` (days from
+        the last interaction to the start of ``as_of``), ``visits`` (how many times the user
+        visited the sale) and ``visit_age_days`` (days since the last of them; null if never);
+        empty if none.
 
         With ``partitions``, hash-partitioned by ``user_id`` into that many: the events are
         shuffled once, and both aggregations and the join keep that partitioning.
         """
         start = F.lit(self.as_of).cast("timestamp")
         age = (F.unix_timestamp(start) - F.unix_timestamp("last_ts")) / 86400.0
-        grouped = (self.interactions(partitions).withColumn("age_days", age).groupBy("user_id").agg(
-            F.sort_array(F.collect_list(F.struct("sale_idx", "bought", "age_days"))).alias("history")))
-        empty = {"sale_idx": "array<int>", "bought": "array<boolean>", "age_days": "array<double>"}
+        visit_age = (F.unix_timestamp(start) - F.unix_timestamp("last_visit_ts")) / 86400.0
+        grouped = (self.interactions(partitions).withColumn("age_days", age)
+                   .withColumn("visit_age_days", visit_age).groupBy("user_id").agg(
+            F.sort_array(F.collect_list(F.struct("sale_idx", "bought", "age_days", "visits", "visit_age_days")))
+            .alias("history")))
+        empty = {"sale_idx": "array<int>", "bought": "array<boolean>", "age_days": "array<double>",
+                 "visits": "array<int>", "visit_age_days": "array<double>"}
         if partitions is not None:
             users = users.repartition(partitions, "user_id")
         joined = users.join(grouped, "user_id", "left")
-        for field, name in (("sale_idx", "items"), ("bought", "bought"), ("age_days", "age_days")):
+        for field, name in (("sale_idx", "items"), ("bought", "bought"), ("age_days", "age_days"),
+                            ("visits", "visits"), ("visit_age_days", "visit_age_days")):
             joined = joined.withColumn(name, F.coalesce(F.col(f"history.{field}"), F.array().cast(empty[field])))
         return joined.drop("history")
 

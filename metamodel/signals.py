@@ -8,8 +8,11 @@ recommenders' scores of the whole block, before any negative sampling.
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
+from ..features.history import AUDIENCE_WINDOWS
 from ..recommenders.base import Recommender, UserHistory
 
 NO_HISTORY_DAYS = 365.0  # recency of a user with no history
@@ -100,7 +103,83 @@ class Recency(Recommender):
         return np.broadcast_to(last[:, None], (len(history), self.n_open_))
 
 
-SIGNALS = {cls.name: cls for cls in (DaysOpen, DaysLeft, PriceFit, Recency)}
+class SaleVisits(Recommender):
+    """How many times the user visited the open sale before the day (0 if never)."""
+
+    name = "sale_visits"
+
+    def fit(self, context) -> SaleVisits:
+        self.open_idx_ = context.open_idx
+        return self
+
+    def score(self, history: UserHistory) -> np.ndarray:
+        return history.of_open_sales(history.visits, self.open_idx_, 0.0)
+
+
+class DaysSinceSaleVisit(Recommender):
+    """Days from the user's last visit to the open sale to the start of the day
+    (``NO_HISTORY_DAYS`` if they never visited it)."""
+
+    name = "days_since_sale_visit"
+
+    def fit(self, context) -> DaysSinceSaleVisit:
+        self.open_idx_ = context.open_idx
+        return self
+
+    def score(self, history: UserHistory) -> np.ndarray:
+        return history.of_open_sales(history.visit_age_days, self.open_idx_, NO_HISTORY_DAYS)
+
+
+class VisitedSaleLastDay(Recommender):
+    """1 if the user visited the open sale in the day before (the strongest single sign of
+    a flash-sale purchase), else 0."""
+
+    name = "visited_sale_last_day"
+
+    def fit(self, context) -> VisitedSaleLastDay:
+        self.open_idx_ = context.open_idx
+        return self
+
+    def score(self, history: UserHistory) -> np.ndarray:
+        days = history.of_open_sales(history.visit_age_days, self.open_idx_, NO_HISTORY_DAYS)
+        return (days <= 1.0).astype(float)
+
+
+class Audience(Recommender):
+    """One column of :attr:`ScoringContext.open_sale_audience` (distinct visitors or buyers of
+    the open sale over a window), the same for every user."""
+
+    def __init__(self, column: str):
+        self.column = column
+        self.name = column
+
+    def fit(self, context) -> Audience:
+        self.values_ = context.open_sale_audience[self.column].to_numpy()
+        return self
+
+    def score(self, history: UserHistory) -> np.ndarray:
+        return np.broadcast_to(self.values_, (len(history), len(self.values_)))
+
+
+class Trend(Recommender):
+    """The open sale's trend: ``log((1 + users of the last 7 days) / (1 + users of the 7
+    before))``, users who visited or bought it; the same for every user."""
+
+    name = "trend_7d"
+
+    def fit(self, context) -> Trend:
+        audience = context.open_sale_audience
+        self.values_ = np.log1p(audience["users_7d"].to_numpy()) - np.log1p(audience["users_prior_7d"].to_numpy())
+        return self
+
+    def score(self, history: UserHistory) -> np.ndarray:
+        return np.broadcast_to(self.values_, (len(history), len(self.values_)))
+
+
+SIGNALS = {cls.name: cls for cls in (DaysOpen, DaysLeft, PriceFit, Recency, SaleVisits, DaysSinceSaleVisit,
+                                     VisitedSaleLastDay, Trend)}
+SIGNALS.update({f"{kind}_{days}d": functools.partial(Audience, f"{kind}_{days}d")
+                for kind in ("visitors", "buyers") for days in AUDIENCE_WINDOWS})
 
 
 def signals_from_config(config: dict) -> list[Recommender]:

@@ -28,6 +28,8 @@ class UserHistory:
     seen: sp.csr_matrix  # visited or bought before the day
     bought: sp.csr_matrix  # bought before the day
     age_days: np.ndarray | None = None  # days since the last interaction, aligned with seen.data
+    visits: np.ndarray | None = None  # times the user visited the sale, aligned with seen.data
+    visit_age_days: np.ndarray | None = None  # days since the last visit (NaN: never), likewise
     # per-user state joined to these users, by recommender name (see Recommender.user_state)
     states: dict[str, np.ndarray] = field(default_factory=dict)
 
@@ -53,7 +55,8 @@ class UserHistory:
     @classmethod
     def from_arrow(cls, items: pa.ListArray, bought: pa.ListArray, n_sales: int,
                    age_days: pa.ListArray | None = None,
-                   states: dict[str, np.ndarray] | None = None) -> UserHistory:
+                   states: dict[str, np.ndarray] | None = None,
+                   visits: pa.ListArray | None = None, visit_age_days: pa.ListArray | None = None) -> UserHistory:
         """From aligned Arrow list columns (a slice of the batch Spark hands a worker): their
         offsets are the CSR row pointers, so no Python object is made per user."""
         offsets = items.offsets.to_numpy()
@@ -65,8 +68,25 @@ class UserHistory:
         # its own copies of indices/indptr: eliminate_zeros works in place
         bought_m = sp.csr_matrix((flags, indices.copy(), indptr.copy()), shape=shape)
         bought_m.eliminate_zeros()
-        ages = None if age_days is None else age_days.flatten().to_numpy(zero_copy_only=False).astype(float)
-        return cls(seen, bought_m, ages, states or {})
+        def values(column: pa.ListArray | None) -> np.ndarray | None:
+            return None if column is None else column.flatten().to_numpy(zero_copy_only=False).astype(float)
+
+        return cls(seen, bought_m, values(age_days), states=states or {}, visits=values(visits),
+                   visit_age_days=values(visit_age_days))
+
+    def of_open_sales(self, values: np.ndarray | None, open_idx: np.ndarray, missing: float) -> np.ndarray:
+        """``values`` (aligned with ``seen.data``) as a dense ``users x open sales`` block,
+        ``missing`` where the user has no interaction with the sale (or no value)."""
+        block = np.full((len(self), len(open_idx)), missing)
+        if values is None or not len(values):
+            return block
+        column = np.full(self.seen.shape[1], -1)
+        column[open_idx] = np.arange(len(open_idx))
+        rows = np.repeat(np.arange(len(self)), np.diff(self.seen.indptr))
+        cols = column[self.seen.indices]
+        keep = (cols >= 0) & ~np.isnan(values)
+        block[rows[keep], cols[keep]] = values[keep]
+        return block
 
     def __len__(self) -> int:
         return self.seen.shape[0]

@@ -109,7 +109,8 @@ def score_users(context: ScoringContext, recommenders: list[Recommender], users:
         if (state := r.user_state()) is not None:
             histories = histories.join(_state_frame(spark, r.name, *state), "user_id", "left")
             widths[r.name] = state[1].shape[1]
-    history_columns = ["items", "bought", "age_days", *[_state_column(name) for name in widths]]
+    history_columns = ["items", "bought", "age_days", "visits", "visit_age_days",
+                       *[_state_column(name) for name in widths]]
     shared = spark.sparkContext.broadcast({
         "recommenders": recommenders, "emit": emit, "open_idx": context.open_idx,
         "open_ids": context.catalog.sale_ids(context.open_idx), "n_sales": len(context.catalog),
@@ -142,7 +143,8 @@ def score_users(context: ScoringContext, recommenders: list[Recommender], users:
         states = {name: _stack(batch.column(_state_column(name)), width)
                   for name, width in state["widths"].items()}
         history = UserHistory.from_arrow(batch.column("items"), batch.column("bought"), state["n_sales"],
-                                         batch.column("age_days"), states)
+                                         batch.column("age_days"), states, batch.column("visits"),
+                                         batch.column("visit_age_days"))
         users = batch.drop_columns(state["history_columns"]).to_pandas()
         lap("histories")
         scores = {}

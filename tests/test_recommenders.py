@@ -153,3 +153,36 @@ def test_score_stage_times_the_meta_model_apart_from_its_top_k(tables, catalog, 
     assert frame.count() == 2 * top_k_rows(world, context.active_users(30).toPandas().user_id, 5)
     assert list(timers) == ["histories", "item_cf", "popularity", "metamodel", "top_k"]
     assert timers["metamodel"].value > 0 and timers["top_k"].value > 0
+
+
+def test_signals_of_the_users_own_interest_and_the_sales_audience(hand_context):
+    """Through the scoring path (histories from Spark, Arrow blocks): every pair's value worked
+    out from the hand-made events before 2025-01-05 (the day's and later ones never count)."""
+    from salerank.metamodel.calibration import SamplePairs
+    from salerank.metamodel.signals import SIGNALS
+    from salerank.recommenders.scoring import score_users
+
+    names = ["sale_visits", "days_since_sale_visit", "visited_sale_last_day", "visitors_1d", "visitors_7d",
+             "buyers_7d", "buyers_30d", "trend_7d"]
+    fitted = [SIGNALS[n]().fit(hand_context) for n in names]
+    schema = "user_id string, day date, sale_id string, label int, weight double, " + ", ".join(
+        f"{n} double" for n in names)
+    users = hand_context.events.sparkSession.createDataFrame(
+        [(f"u{i}", None) for i in range(1, 5)], "user_id string, positives array<int>")
+    # every pair but the ones bought before (u2, s2): SamplePairs at rate 1
+    every_pair = SamplePairs(hand_context.as_of, rate=1.0, seed=0)
+    got = score_users(hand_context, fitted, users, every_pair, schema, 2).toPandas().set_index(["user_id", "sale_id"])
+    assert len(got) == 15
+    # visits before the day: u1 s1 (Jan 1), s2 (Jan 2); u2 s1 (1), s2 (2), s3 (3); u3 s3 (4);
+    # u2 bought s2 on Jan 3. Noon each, so the Jan 4 visit is 0.5 days old.
+    assert got.loc[("u1", "s2"), "sale_visits"] == 1 and got.loc[("u2", "s3"), "sale_visits"] == 1
+    assert got["sale_visits"].sum() == 5 and got.loc[("u4", "s1"), "sale_visits"] == 0
+    assert got.loc[("u1", "s2"), "days_since_sale_visit"] == 2.5
+    assert got.loc[("u3", "s3"), "days_since_sale_visit"] == 0.5
+    assert got.loc[("u3", "s4"), "days_since_sale_visit"] == 365.0  # never visited
+    assert got["visited_sale_last_day"].sum() == 1 and got.loc[("u3", "s3"), "visited_sale_last_day"] == 1
+    by_sale = got.groupby("sale_id").first()
+    assert by_sale["visitors_1d"].tolist() == [0, 0, 1, 0]
+    assert by_sale["visitors_7d"].tolist() == [2, 2, 2, 0]
+    assert by_sale["buyers_7d"].tolist() == [0, 1, 0, 0] and by_sale["buyers_30d"].tolist() == [0, 1, 0, 0]
+    np.testing.assert_allclose(by_sale["trend_7d"], [np.log(3), np.log(3), np.log(3), 0.0])
