@@ -112,11 +112,12 @@ def _validate(config: dict, source: str) -> None:
 def _known_names() -> dict[str, tuple[str, ...]]:
     """The choices of the settings that name a thing, from the modules that define them."""
     from ..image_labelling.backbone import BACKBONES
+    from ..metamodel.model import MetaModel
     from ..metamodel.signals import SIGNALS
     from ..recommenders.item_cf import ItemCF
 
     return {"recommenders.item_cf.similarity": ItemCF.SIMILARITIES, "metamodel.signals": tuple(SIGNALS),
-            "image_labelling.backbone": tuple(BACKBONES)}
+            "image_labelling.backbone": tuple(BACKBONES), "metamodel.kind": MetaModel.KINDS}
 
 
 def _read_local(path: str) -> str | None:

@@ -385,7 +385,8 @@ def _train(tables, catalog, prototypes, as_of, config):
     # measures it on later days)
     mlflow.log_text(report["calibration"].to_csv(), "metamodel_calibration.csv")
     mlflow.set_tag("model_content_version", model.version_)
-    mlflow.log_dict(model.coefficients_, "metamodel_coefficients.json")
+    if model.kind == "logistic":  # trees have no weights to show
+        mlflow.log_dict(model.coefficients_, "metamodel_coefficients.json")
     training_days = sorted(key for key in days if key == cached_day(key))  # not (PAIRS, day)
     examples = pd.concat([days[day] for day in training_days if len(days[day])], ignore_index=True)
     return model, metrics, examples

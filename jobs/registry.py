@@ -32,7 +32,8 @@ from ..metamodel.promotion import incomparable, not_worse, validated_candidate, 
 
 log = logging.getLogger("salerank")
 
-TRUSTED_TYPES = [f"{signed_log1p.__module__}.signed_log1p"]
+TRUSTED_TYPES = [f"{signed_log1p.__module__}.signed_log1p",
+                 "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor"]
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,7 @@ def register_metamodel(model: MetaModel, config: dict, alias: str | None = None,
         model.pipeline_, name="metamodel", registered_model_name=name,
         pip_requirements=["scikit-learn", "numpy", "salerank"], skops_trusted_types=TRUSTED_TYPES,
         metadata={"feature_names": model.feature_names, "ranked": list(model.ranked), "C": model.C,
-                  "rank_depth": model.rank_depth, "content_version": model.version_,
+                  "rank_depth": model.rank_depth, "kind": model.kind, "content_version": model.version_,
                   "calibration": list(getattr(model, "calibration_", None) or []) or None,
                   "feature_config": feature_config_hash(config), **({METADATA_KEY: images} if images else {})})
     version = str(info.registered_model_version)
@@ -102,7 +103,7 @@ def _load_version(name: str, version, uri: str) -> tuple[RegisteredModel, dict]:
                           "its metadata has no feature_names")
     # a version registered before rank_depth existed was trained on exact ranks (None)
     model = MetaModel(features, metadata.get("C", 1.0), tuple(metadata.get("ranked", ())),
-                      metadata.get("rank_depth"))
+                      metadata.get("rank_depth"), metadata.get("kind", "logistic"))
     model.pipeline_ = mlflow.sklearn.load_model(f"models:/{name}/{version.version}")
     # (slope, intercept) of the published probability; None: registered before calibration
     model.calibration_ = tuple(metadata["calibration"]) if metadata.get("calibration") else None

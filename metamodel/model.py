@@ -1,4 +1,5 @@
-"""The meta-model: a logistic regression on the recommenders' scores."""
+"""The meta-model: a logistic regression on the recommenders' scores (or, as an alternative
+to compare, gradient-boosted trees on the same features)."""
 from __future__ import annotations
 
 import hashlib
@@ -6,12 +7,13 @@ import hashlib
 import numpy as np
 import pandas as pd
 from scipy.special import expit
+from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import log_loss, roc_auc_score
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
-from .signals import add_rank_lookup, compact, rank_name
+from .signals import add_rank_lookup, compact, rank_name, within_user_ranks
 
 
 def signed_log1p(x: np.ndarray) -> np.ndarray:
@@ -37,14 +39,23 @@ class MetaModel:
     rank_depth : int, optional
         Ranks beyond it are ``rank_depth + 1`` (cheaper to compute); None: exact ranks. It
         must be what the training examples were built with.
+    kind : {"logistic", "gbm"}
+        ``gbm``: scikit-learn's ``HistGradientBoostingClassifier`` on the same features
+        (trees need no transform; ``C`` is then the inverse of its ``l2_regularization``),
+        a non-linear alternative measured against the logistic default.
     """
 
+    KINDS = ("logistic", "gbm")
+
     def __init__(self, feature_names: list[str], C: float = 1.0, ranked: tuple[str, ...] = (),
-                 rank_depth: int | None = None):
+                 rank_depth: int | None = None, kind: str = "logistic"):
+        if kind not in self.KINDS:
+            raise ValueError(f"meta-model kind {kind!r}: choose from {self.KINDS}")
         self.feature_names = list(feature_names)
         self.C = C
         self.ranked = tuple(ranked)
         self.rank_depth = rank_depth
+        self.kind = kind
 
     def fit(self, examples: pd.DataFrame) -> MetaModel:
         """Fit on ``examples`` with the feature columns and a 0/1 ``label`` column."""
@@ -52,15 +63,23 @@ class MetaModel:
         if len(np.unique(labels)) < 2:
             raise ValueError("the training examples have only one class; the meta-model needs "
                              "purchases and open sales that were not bought")
-        self.pipeline_: Pipeline = make_pipeline(
-            FunctionTransformer(signed_log1p), StandardScaler(),
-            LogisticRegression(C=self.C, max_iter=1000))
+        if self.kind == "gbm":
+            self.pipeline_: Pipeline = make_pipeline(HistGradientBoostingClassifier(
+                max_iter=200, learning_rate=0.05, max_leaf_nodes=15, min_samples_leaf=20,
+                l2_regularization=1.0 / self.C, early_stopping=False, random_state=0))
+        else:
+            self.pipeline_ = make_pipeline(
+                FunctionTransformer(signed_log1p), StandardScaler(),
+                LogisticRegression(C=self.C, max_iter=1000))
         self.pipeline_.fit(examples[self.feature_names].to_numpy(dtype=float), labels)
         self.calibration_ = None  # a refit model's log-odds need their own calibration
         return self
 
     @property
     def coefficients_(self) -> dict[str, float]:
+        """The logistic regression's weights per feature (on standardised ``log1p`` scores)."""
+        if self.kind != "logistic":
+            raise AttributeError("a gradient-boosted meta-model has no coefficients")
         regression = self.pipeline_[-1]
         return {**dict(zip(self.feature_names, regression.coef_[0].tolist())),
                 "intercept": float(regression.intercept_[0])}
@@ -68,9 +87,16 @@ class MetaModel:
     @property
     def version_(self) -> str:
         """A content hash of the fitted model: the same model always has the same version."""
-        scaler = self.pipeline_[1]
-        parts = [self.feature_names, scaler.mean_.round(12).tolist(), scaler.scale_.round(12).tolist(),
-                 [round(v, 12) for v in self.coefficients_.values()]]
+        if self.kind == "gbm":  # every tree's nodes (split features, thresholds, leaf values)
+            trees = hashlib.sha256()
+            for iteration in self.pipeline_[-1]._predictors:
+                for tree in iteration:
+                    trees.update(np.ascontiguousarray(tree.nodes).tobytes())
+            parts = [self.feature_names, "gbm", self.C, trees.hexdigest()]
+        else:
+            scaler = self.pipeline_[1]
+            parts = [self.feature_names, scaler.mean_.round(12).tolist(), scaler.scale_.round(12).tolist(),
+                     [round(v, 12) for v in self.coefficients_.values()]]
         if self.rank_depth is not None:  # absent when None, so exact-rank versions keep theirs
             parts.append(self.rank_depth)
         if getattr(self, "calibration_", None) is not None:  # likewise for uncalibrated versions
@@ -115,8 +141,11 @@ class MetaModel:
         The pipeline's algebra (signed ``log1p``, standardise, linear) is applied feature by
         feature into one buffer instead of stacking a ``users x sales x features`` copy, and
         a rank's ``log1p`` is looked up in a table, for the best ``rank_depth`` of each row
-        only: the same numbers as :meth:`predict_proba`, in a few passes over the block.
+        only: the same numbers as :meth:`predict_proba`, in a few passes over the block. The
+        gradient-boosted kind stacks the block's features and asks the trees.
         """
+        if self.kind == "gbm":
+            return self._tree_logits(scores)
         _, scaler, regression = self.pipeline_.named_steps.values()
         weights = regression.coef_[0] / scaler.scale_
         shape = np.shape(scores[self.feature_names[0]])
@@ -137,6 +166,14 @@ class MetaModel:
             transformed *= weight
             z += transformed  # broadcast when the score repeats a row or a column
         return z
+
+    def _tree_logits(self, scores: dict[str, np.ndarray]) -> np.ndarray:
+        shape = np.shape(scores[self.feature_names[0]])
+        ranked = {rank_name(name): name for name in self.ranked}
+        columns = [within_user_ranks(scores[ranked[n]], self.rank_depth) if n in ranked
+                   else np.broadcast_to(np.asarray(scores[n], dtype=float), shape) for n in self.feature_names]
+        stacked = np.stack([np.asarray(c, dtype=float).reshape(-1) for c in columns], axis=1)
+        return self.pipeline_.decision_function(stacked).reshape(shape)
 
     def evaluate(self, examples: pd.DataFrame) -> dict[str, float]:
         """AUC and log loss on labelled examples."""

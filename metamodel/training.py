@@ -157,7 +157,7 @@ def validation_split(examples: pd.DataFrame, validation_days: int) -> tuple[pd.D
 def train_metamodel(examples: pd.DataFrame, features: list[str], ranked: tuple[str, ...] = (),
                     C: tuple[float, ...] = (1.0,), negative_ratios: tuple[int, ...] = (5,),
                     validation_days: int = 1, rank_depth: int | None = None,
-                    k: int = 10) -> tuple[MetaModel, dict, dict]:
+                    k: int = 10, kind: str = "logistic") -> tuple[MetaModel, dict, dict]:
     """Choose ``C`` and the negatives ratio on a validation period, then fit on every day.
 
     The last ``validation_days`` days are the validation period (:func:`validation_split`):
@@ -180,20 +180,20 @@ def train_metamodel(examples: pd.DataFrame, features: list[str], ranked: tuple[s
         for ratio in sorted(negative_ratios):
             sample = subsample_negatives(earlier, ratio)
             for c in sorted(C):
-                candidate = MetaModel(features, c, ranked, rank_depth).fit(sample)
+                candidate = MetaModel(features, c, ranked, rank_depth, kind).fit(sample)
                 ndcg, _ = validation_ndcg(candidate, validation, k)
                 grid.append({"C": c, "negative_ratio": ratio, "ndcg": ndcg, **candidate.evaluate(validation)})
         best = max(grid, key=lambda r: (round(r["ndcg"], 9), -r["C"], -r["negative_ratio"]))
         choice = (best["C"], best["negative_ratio"])
         metrics.update({"validation_ndcg": best["ndcg"], "validation_auc": best["auc"],
                         "validation_log_loss": best["log_loss"]})
-        chosen = MetaModel(features, choice[0], ranked, rank_depth).fit(subsample_negatives(earlier, choice[1]))
+        chosen = MetaModel(features, choice[0], ranked, rank_depth, kind).fit(subsample_negatives(earlier, choice[1]))
         report["reliability"] = reliability(
             chosen.predict_proba(validation[chosen.feature_names].to_numpy(dtype=float)),
             validation["label"].to_numpy())
     report["grid"] = grid
     metrics.update({"chosen_C": float(choice[0]), "chosen_negative_ratio": float(choice[1])})
-    model = MetaModel(features, choice[0], ranked, rank_depth).fit(subsample_negatives(examples, choice[1]))
+    model = MetaModel(features, choice[0], ranked, rank_depth, kind).fit(subsample_negatives(examples, choice[1]))
     metrics.update({f"train_{name}": v for name, v in model.evaluate(examples).items()})
     return model, metrics, report
 
@@ -216,7 +216,7 @@ def fit_metamodel(tables, catalog, prototypes, as_of, config, cache: dict | None
     model, metrics, report = train_metamodel(
         examples, features, ranked, _candidates(settings["C"]),
         _candidates(settings["negative_ratios"]), settings["validation_days"], settings["rank_depth"],
-        config["top_k"])
+        config["top_k"], settings["kind"])
     validation = [as_of - dt.timedelta(days=d) for d in range(settings["validation_days"], 0, -1)]
     pairs = calibration_pairs(tables, catalog, scorers, features, validation, config, cache)
     model.calibrate(pairs)

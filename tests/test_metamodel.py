@@ -260,3 +260,28 @@ def test_average_precision_and_revenue_by_hand():
     assert row["map@4"] == pytest.approx((1 / 1 + 2 / 3) / 3)
     assert row["revenue@4"] == pytest.approx(15.0)
     assert row["recall@4"] == pytest.approx(2 / 3)
+
+
+def test_gradient_boosted_kind_learns_an_interaction_and_scores_blocks_as_its_rows():
+    """Trees find what a linear model cannot (a purchase needs both signals high); blocks,
+    ranks included, give the pipeline's own numbers; same data, same version."""
+    rng = np.random.default_rng(4)
+    a, b = rng.exponential(1.0, 4000), rng.exponential(1.0, 4000)
+    examples = pd.DataFrame({"a": a, "b": b, "label": ((a > 1) & (b > 1)).astype(int) | (rng.random(4000) < 0.02)})
+    examples["rank_a"] = examples["a"].rank(ascending=False)
+    held = examples.sample(1000, random_state=1)
+    logistic = MetaModel(["a", "b"]).fit(examples)
+    trees = MetaModel(["a", "b"], kind="gbm").fit(examples)
+    assert trees.evaluate(held)["auc"] > logistic.evaluate(held)["auc"] + 0.02
+    assert trees.version_ == MetaModel(["a", "b"], kind="gbm").fit(examples).version_ != \
+        MetaModel(["a", "b"], C=0.01, kind="gbm").fit(examples).version_
+    ranked = MetaModel(["a", "b", "rank_a"], ranked=("a",), kind="gbm").fit(examples)
+    blocks = {"a": rng.exponential(1.0, (20, 30)), "b": np.broadcast_to(rng.exponential(1.0, 30), (20, 30))}
+    ranks = pd.DataFrame(-blocks["a"]).rank(axis=1, method="min").to_numpy()
+    stacked = np.stack([blocks["a"], blocks["b"], ranks], axis=-1).reshape(-1, 3)
+    np.testing.assert_allclose(ranked.score_blocks(blocks), ranked.predict_proba(stacked).reshape(20, 30),
+                               rtol=1e-12)
+    with pytest.raises(AttributeError):
+        trees.coefficients_
+    with pytest.raises(ValueError, match="kind"):
+        MetaModel(["a"], kind="forest")
