@@ -59,7 +59,7 @@ _POSITIVE = ("top_k", "active_lookback_days", "spark.shuffle_partitions", "spark
              "metamodel.negatives_per_purchase", "metamodel.calibration_pairs")
 _NON_NEGATIVE = ("report.sample_users",)
 _NULL_OR_NON_NEGATIVE = ("max_data_lag_days",)
-_NULL_OR_POSITIVE = ("metamodel.rank_depth",)
+_NULL_OR_POSITIVE = ("metamodel.rank_depth", "rules.max_per_destination", "rules.max_per_category")
 
 
 def _setting(config: dict, key: str):
@@ -96,6 +96,12 @@ def _validate(config: dict, source: str) -> None:
         values = settings[key] if isinstance(settings[key], list) else [settings[key]]
         if not values or not all(check(v) for v in values):
             problems.append(f"metamodel.{key} must be one or a list of {what}, got {settings[key]!r}")
+    rules = config["rules"]
+    if not isinstance(rules["exclude_sales"], list):
+        problems.append(f"rules.exclude_sales must be a list of sale ids, got {rules['exclude_sales']!r}")
+    boosts = rules["boost_sales"]
+    if not isinstance(boosts, dict) or not all(_positive_number(f) for f in boosts.values()):
+        problems.append(f"rules.boost_sales must map sale ids to positive factors, got {boosts!r}")
     tolerance = config["registry"]["promotion_tolerance"]
     if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not tolerance >= 0:
         problems.append(f"registry.promotion_tolerance must be a number of at least 0 (absolute NDCG), "
@@ -130,7 +136,7 @@ def _merge(base: dict, update: dict, source: str, prefix: str = "") -> dict:
         name = f"{prefix}{key}"
         if key not in base:
             raise ConfigError(f"{source}: unknown setting '{name}' (known: {', '.join(sorted(base))})")
-        if isinstance(base[key], dict):
+        if isinstance(base[key], dict) and base[key]:  # a group of settings ({}: a mapping value)
             if not isinstance(value, dict):
                 raise ConfigError(f"{source}: setting '{name}' must be a mapping, got {value!r}")
             merged[key] = _merge(base[key], value, source, prefix=f"{name}.")

@@ -146,3 +146,21 @@ def export_lines(ranked: DataFrame, users: DataFrame, experiment: Experiment, ru
                               F.lit(run_date.isoformat()).alias("run_date"), "strategy",
                               version.alias("model_version"), "recommendations"))
     return lists.select("user_id", "variant", line.alias("value"))
+
+
+def fallback_lines(fallback: DataFrame, experiment: Experiment, run_date: dt.date, model_label: str,
+                   metamodel: str) -> DataFrame:
+    """One JSON line per variant: its strategy's fallback list (``metamodel.ranking.fallback_lists``),
+    for a user its file has no line for; ``"fallback": true`` and no ``user_id``. Sorted by
+    variant, in the variants' declared order. The schema is documented in docs/exports.md."""
+    spark = fallback.sparkSession
+    variants = spark.createDataFrame([(i, v.name, v.strategy) for i, v in enumerate(experiment.variants)],
+                                     "order int, variant string, strategy string")
+    lists = (fallback.join(F.broadcast(variants), "strategy").groupBy("order", "variant", "strategy")
+             .agg(F.sort_array(F.collect_list(F.struct(
+                 F.col("rank").alias("position"), "sale_id", "score"))).alias("recommendations")))
+    version = F.when(F.col("strategy") == metamodel, F.lit(model_label))
+    line = F.to_json(F.struct(F.lit(experiment.name).alias("experiment"), "variant",
+                              F.lit(run_date.isoformat()).alias("run_date"), "strategy",
+                              version.alias("model_version"), F.lit(True).alias("fallback"), "recommendations"))
+    return lists.repartition(1).sortWithinPartitions("order").select(line.alias("value"))

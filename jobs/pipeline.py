@@ -27,12 +27,12 @@ from ..features.themes import Themes, fit_themes, theme_table
 from ..image_labelling.stage import PER_KEYS, tag_images
 from ..features.loading import check_fresh, load_tables
 from ..metamodel.evaluation import ranking_metrics
-from ..metamodel.ranking import METAMODEL, RANKING_SCHEMA, rank_users
+from ..metamodel.ranking import METAMODEL, RANKING_SCHEMA, fallback_lists, rank_users
 from ..metamodel.signals import signals_from_config
 from ..metamodel.training import TrainingDataError, cached_day, feature_names, fit_metamodel
 from ..recommenders.scoring import released
 from ..storage import FileSystem, join
-from .experiments import export_lines, parse_experiments
+from .experiments import export_lines, fallback_lines, parse_experiments
 from .image_artefacts import ImageArtefacts, pinned_artefacts
 from .lease import hold
 from .night_report import night_report
@@ -215,17 +215,25 @@ def _nightly(spark, data_dir, run_date, out_dir, config, keep_rankings, night) -
                                     strategies, fitted).cache()
                 release.callback(ranked.unpersist)
                 ranked.count()  # scored here, not by the first write
+                # for the users with no list tonight: the meta-model's, and each exported strategy's
+                fallback = fallback_lists(context, prototypes, registered.model, config, (METAMODEL, *sorted(
+                    {v.strategy for e in experiments for v in e.variants} - {METAMODEL})), fitted).cache()
+                release.callback(fallback.unpersist)
             _log_score_steps(timers)
         else:
             log.warning("nothing to rank on %s (%d active users, %d open sales): publishing an "
                         "empty output", run_date, n_active, n_open)
             ranked = spark.createDataFrame([], RANKING_SCHEMA)
+            fallback = ranked.drop("user_id")
         with stages("export"):
             recommendations = (ranked.filter(F.col("strategy") == METAMODEL)
                                .select("user_id", "rank", "sale_id", "score",
                                        F.lit(registered.label).alias("model_version")))
             rows = night.write_parquet(recommendations, "recommendations")["rows"]
-            exported = {e.name: _export(night, ranked, active, e, run_date, registered.label)
+            version = F.when(F.col("strategy") == METAMODEL, F.lit(registered.label))
+            fallback_rows = night.write_parquet(fallback.select(
+                "strategy", "rank", "sale_id", "score", version.alias("model_version")), "fallback")["rows"]
+            exported = {e.name: _export(night, ranked, fallback, active, e, run_date, registered.label)
                         for e in experiments}
         with stages("report"):
             _report(night, context, tables, ranked, themes, fitted, data_dir, config, {
@@ -233,7 +241,8 @@ def _nightly(spark, data_dir, run_date, out_dir, config, keep_rankings, night) -
                 **{f"experiment {name}": ", ".join(f"{v}: {n} users" for v, n in users.items())
                    for name, users in exported.items()}})
         with stages("publish"):
-            _check_night(night, rows, n_active, n_open, config["top_k"], exported)
+            _check_night(night, rows, n_active, n_open, config["top_k"], exported, fallback_rows,
+                         fallback.select("strategy").distinct().count())
             manifest = night.commit(_manifest(config, tables, registered, run_date, n_active, n_open,
                                               experiments, exported))
         output = recommendations_path(out_dir, run_date)
@@ -255,8 +264,9 @@ def _log_score_steps(timers: dict) -> None:
     mlflow.log_metrics({f"seconds_score.{step}": v for step, v in seconds.items()})
 
 
-def _export(night, ranked, active, experiment, run_date, model_label) -> dict:
-    """Stage one JSON Lines file per variant under ``exports/EXPERIMENT/``; users per variant."""
+def _export(night, ranked, fallback, active, experiment, run_date, model_label) -> dict:
+    """Stage one JSON Lines file per variant under ``exports/EXPERIMENT/``, and ``fallback.jsonl``
+    (each variant's list for a user not in its file); return the users per variant."""
     lines = export_lines(ranked, active, experiment, run_date, model_label, METAMODEL).cache()
     users, files = {}, {}
     try:
@@ -267,13 +277,17 @@ def _export(night, ranked, active, experiment, run_date, model_label) -> dict:
             users[variant.name] = files[variant.name]["rows"]
     finally:
         lines.unpersist()
+    fallback_file = night.write_jsonl(fallback_lines(fallback, experiment, run_date, model_label, METAMODEL),
+                                      "exports", experiment.name, "fallback.jsonl")
     # the experiment's own manifest, beside its files, for the website team (docs/exports.md)
     manifest = {"experiment": experiment.name, "run_date": run_date.isoformat(), "salt": experiment.salt,
                 "model_version": model_label,
                 "complete_when_exists": f"manifests/run_date={run_date.isoformat()}/_SUCCESS",
                 "variants": {v.name: {"file": f"{v.name}.jsonl", "strategy": v.strategy, "weight": v.weight,
                                       "users": files[v.name]["rows"], "checksum": files[v.name]["checksum"]}
-                             for v in experiment.variants}}
+                             for v in experiment.variants},
+                "fallback": {"file": "fallback.jsonl", "lines": fallback_file["rows"],
+                             "checksum": fallback_file["checksum"]}}
     night.write_bytes(json.dumps(manifest, indent=2, sort_keys=True).encode(), "exports", experiment.name,
                       "manifest.json")
     log.info("experiment %s: %s", experiment.name, ", ".join(f"{v} {n} users" for v, n in users.items()))
@@ -291,13 +305,16 @@ def _report(night, context, tables, ranked, themes, fitted, data_dir, config, su
     mlflow.log_text(page, "night_report.html")
 
 
-def _check_night(night, rows, n_active, n_open, k, exported) -> None:
+def _check_night(night, rows, n_active, n_open, k, exported, fallback_rows, fallback_lists) -> None:
     """What must hold before anything is published."""
     expected = n_active * min(k, n_open)
     # a user who already bought most open sales may get fewer than k
     if rows > expected or (n_active and n_open and rows == 0):
         raise PublishError(f"recommendations: {rows} rows for {n_active} users and {n_open} open "
                            f"sales (at most {expected} expected)")
+    if fallback_rows != fallback_lists * min(k, n_open) or (n_active and n_open and not fallback_lists):
+        raise PublishError(f"fallback: {fallback_rows} rows in {fallback_lists} lists for {n_open} open "
+                           f"sales ({min(k, n_open)} per list expected)")
     for name, users in exported.items():
         if sum(users.values()) > n_active:
             raise PublishError(f"exports/{name}: {sum(users.values())} users exported, only "

@@ -32,7 +32,7 @@ from ..features.loading import load_tables
 from ..metamodel.calibration import calibration_check
 from ..metamodel.evaluation import LEVEL, PER_USER, Resampled, per_user_metrics, verdict
 from ..metamodel.signals import signals_from_config
-from ..metamodel.ranking import METAMODEL, rank_users
+from ..metamodel.ranking import FALLBACK, METAMODEL, fallback_lists, rank_users
 from ..metamodel.training import TrainingDataError, cached_day, calibration_pairs, fit_metamodel
 from ..recommenders.scoring import released
 from .lease import hold
@@ -44,7 +44,7 @@ from .tracking import start_run, tracking_uri
 log = logging.getLogger("salerank")
 
 USER_SETS = ("active", "all")
-SEGMENTS = ("overall", "new_sales", "established_sales", "new_users", "returning_users")
+SEGMENTS = ("overall", "new_sales", "established_sales", "new_users", "returning_users", "inactive_users")
 
 
 @dataclass
@@ -133,7 +133,7 @@ def run_backtest(spark: SparkSession, data_dir: str, start: dt.date, end: dt.dat
         mlflow.set_tag("data_fingerprint", tables.fingerprint)
         with_images = bool(config["image_labelling"]["enabled"] and tables.row_counts.get("sale_images"))
         prototypes = recs.from_config(config, with_images=with_images)
-        pairs = comparison_pairs([r.name for r in prototypes], compare or [])
+        pairs = comparison_pairs([*[r.name for r in prototypes], FALLBACK], compare or [])
         if with_images:
             # photos and labels are sale metadata, known before any date: one tagger and themes,
             # fitted here on the labels given (not a registered version's), for every date
@@ -160,7 +160,7 @@ def run_backtest(spark: SparkSession, data_dir: str, start: dt.date, end: dt.dat
         per_user = pd.concat(per_user, ignore_index=True) if per_user else pd.DataFrame(
             columns=["day", "segment", "strategy", "user_id", *PER_USER])
         cover = pd.DataFrame(per_day_coverage, columns=["day", "strategy", "coverage"])
-        overall, daily = _summaries(per_user, [METAMODEL, *[r.name for r in prototypes]], k,
+        overall, daily = _summaries(per_user, [METAMODEL, *[r.name for r in prototypes], FALLBACK], k,
                                     replicates, config["seed"])
         metrics = _metrics_document(overall, daily, cover, k, start, end, truth_days, users,
                                     new_sale_days, skipped, pairs, replicates, config["seed"])
@@ -191,6 +191,7 @@ def _replay_day(tables, catalog, prototypes, day, out_dir, config, truth_days, u
                 return f"meta-model not trainable: {err}"
             recommended, lists = _rank_and_publish(context, prototypes, model, ranked_users, truth,
                                                    out_dir, config)
+            active = set(context.active_users(config["active_lookback_days"]).toPandas()["user_id"])
             # the published probabilities of the day against its purchases, on every ranked pair
             pairs = calibration_pairs(tables, catalog, prototypes + signals_from_config(config),
                                       model.feature_names, [day], config, examples_cache)
@@ -201,7 +202,10 @@ def _replay_day(tables, catalog, prototypes, day, out_dir, config, truth_days, u
     for strategy, sales in zip(lists["strategy"], lists["sales"]):
         per_day_coverage.append((day, strategy, sales / len(context.open_idx)))
     truth = truth[truth["user_id"].isin(set(recommended["user_id"]))]  # users ranked that day
-    for segment, part in segment_truth(truth, context, new_sale_days).items():
+    segments = segment_truth(truth, context, new_sale_days)
+    # the buyers the night ranks no list for (with --users all): the website shows them the fallback
+    segments["inactive_users"] = truth[~truth["user_id"].isin(active)]
+    for segment, part in segments.items():
         rows = per_user_metrics(recommended, part, config["top_k"])
         per_user.append(rows.assign(day=day, segment=segment))
     return None
@@ -226,9 +230,16 @@ def calibration_document(days: dict) -> dict:
 
 
 def _rank_and_publish(context, prototypes, model, users, truth, out_dir, config):
-    """Publish every strategy's top-k of ``users`` on the context's day; return (pandas) the
-    rankings of the truth's buyers and the number of distinct sales each strategy listed."""
-    ranked = rank_users(context, prototypes, model, users, config).cache()
+    """Publish every strategy's top-k of ``users`` on the context's day, and the meta-model's
+    fallback list (``fallback/model=metamodel``); return (pandas) the rankings of the truth's
+    buyers, each also given the fallback list (strategy ``fallback``), and the number of
+    distinct sales each strategy listed."""
+    fitted = recs.fit_all(prototypes + signals_from_config(config), context)
+    ranked = rank_users(context, prototypes, model, users, config, fitted=fitted).cache()
+    fallback = fallback_lists(context, prototypes, model, config, (METAMODEL,), fitted).toPandas()
+    publish_parquet(spark_frame(ranked, fallback[["rank", "sale_id"]]).select(
+        F.col("rank").cast("int"), "sale_id", F.lit(model.version_).alias("content_version")),
+        join(out_dir, "fallback", f"model={METAMODEL}", f"run_date={context.as_of}"))
     try:
         for strategy in (METAMODEL, *[r.name for r in prototypes]):
             # the day's meta-model is not registered: its content hash, not a registry label
@@ -241,6 +252,9 @@ def _rank_and_publish(context, prototypes, model, users, truth, out_dir, config)
         lists = ranked.groupBy("strategy").agg(F.countDistinct("sale_id").alias("sales")).toPandas()
     finally:
         ranked.unpersist()
+    given = fallback.drop(columns="strategy").merge(truth[["user_id"]].drop_duplicates(), how="cross")
+    recommended = pd.concat([recommended, given.assign(strategy=FALLBACK)[recommended.columns]], ignore_index=True)
+    lists.loc[len(lists)] = [FALLBACK, fallback["sale_id"].nunique()]
     return recommended, lists
 
 
@@ -379,6 +393,11 @@ def _metrics_document(overall, daily, cover, k, start, end, truth_days, users, n
             f"revenue@{k}": "amount (else sale price) of the recommended purchases per user",
             "new_sales": f"truth restricted to sales in their first {new_sale_days} days",
             "new_users": "users who had bought nothing before the day",
+            "inactive_users": "buyers with no visit or purchase in the active_lookback_days before "
+                              "the day: the night ranks no list for them (with --users all they are "
+                              "ranked here anyway); the website shows them the fallback list",
+            FALLBACK: "the meta-model's list for a user with no history (the night's fallback "
+                      "list), given to every buyer",
             "comparisons": "'B - A': mean of B minus mean of A over the same (user, day) pairs, with "
                            "a paired 95 % interval (each resample applied to both); verdict: B "
                            "'higher' or 'lower' when the interval excludes 0, else 'no detectable "

@@ -11,9 +11,12 @@ from ..recommenders import fit_all
 from ..recommenders.scoring import Block, score_users
 from .signals import along_rows, compact, signals_from_config
 from .model import MetaModel
+from .rules import Rules
 
 METAMODEL = "metamodel"
 RANKING_SCHEMA = "strategy string, user_id string, rank int, sale_id string, score double"
+FALLBACK_USER = ""  # no real user has this id: the loader refuses an empty user_id
+FALLBACK = "fallback"  # the backtest's name of the meta-model's fallback list, given to every user
 
 
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:
@@ -67,6 +70,7 @@ class RankTopK:
     model: MetaModel | None
     k: int
     strategies: tuple[str, ...]
+    rules: Rules | None = None  # business rules, applied to every strategy's list
     # timed apart by score_users: the meta-model's log-odds (ranks included), then every top-k
     steps = ("metamodel", "top_k")
 
@@ -96,8 +100,13 @@ class RankTopK:
             block.lap("top_k")  # what came before (the bought mask, other strategies)
             logits = self.model.logit_blocks(block.scores)
             block.lap("metamodel")
+            if self.rules is not None:
+                return self.rules.select(logits, bought.nonzero(), self.k, boosted=True)
             return _top_k_unbought(logits, bought, self.k)
         scores = compact(np.asarray(block.scores[strategy], dtype=float))
+        if self.rules is not None:
+            return self.rules.select(np.array(np.broadcast_to(scores, bought.shape)), bought.nonzero(),
+                                     self.k, boosted=False)
         if scores.shape[0] == 1 < len(block.users):  # the same for every user (popularity)
             return _top_k_of_shared_row(scores[0], bought, self.k)
         # on a copy: the block's scores are shared by every strategy
@@ -132,5 +141,16 @@ def rank_users(context, prototypes, model, users, config, timers: dict | None = 
     is given. ``timers``: see ``score_users``."""
     fitted = fitted or fit_all(prototypes + signals_from_config(config), context)
     strategies = strategies or (METAMODEL, *[r.name for r in prototypes])
-    return score_users(context, fitted, users, RankTopK(model, config["top_k"], strategies),
+    rules = Rules.from_config(config["rules"], context.catalog.sales.iloc[context.open_idx])
+    return score_users(context, fitted, users, RankTopK(model, config["top_k"], strategies, rules),
                        RANKING_SCHEMA, config["spark"]["scoring_partitions"], timers)
+
+
+def fallback_lists(context, prototypes, model, config, strategies: tuple[str, ...] | None = None,
+                   fitted: list | None = None):
+    """Each strategy's top-k for a user with no history (``strategy, rank, sale_id, score``):
+    the night's best non-personal ranking, for the users it ranks no list for (new users, and
+    users without activity in ``active_lookback_days``). The same path as every user's list,
+    for the one id no user has."""
+    nobody = context.events.sparkSession.createDataFrame([(FALLBACK_USER,)], "user_id string")
+    return rank_users(context, prototypes, model, nobody, config, None, strategies, fitted).drop("user_id")

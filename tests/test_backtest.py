@@ -13,7 +13,7 @@ from salerank.jobs.cli import main
 from salerank.metamodel.evaluation import PER_USER
 
 pytestmark = pytest.mark.slow
-MODELS = {"metamodel", "popularity", "item_cf", "content", "als", "bpr"}
+MODELS = {"metamodel", "popularity", "item_cf", "content", "als", "bpr", "fallback"}
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,18 @@ def backtest(spark, world, world_dir, bt_config, tmp_path_factory):
     return _run(spark, world, world_dir, bt_config, out), out
 
 
-def test_metrics_json_covers_every_model_breakdown_and_day(backtest, world):
+def inactive_buyers(world, config) -> int:
+    """(buyer, day) pairs of the two backtest days whose buyer had no event in the lookback
+    before the day: the night ranks no list for them."""
+    count = 0
+    for d in (world.last_date - dt.timedelta(days=2), world.last_date - dt.timedelta(days=1)):
+        since = (d - dt.timedelta(days=config["active_lookback_days"])).isoformat()
+        recent = pd.concat([e[(e.ts >= since) & (e.ts < d.isoformat())] for e in (world.visits, world.purchases)])
+        count += len(set(_truth(world, d, 2).user_id) - set(recent.user_id))
+    return count
+
+
+def test_metrics_json_covers_every_model_breakdown_and_day(backtest, world, bt_config):
     result, out = backtest
     written = json.loads((out / "metrics.json").read_text())
     assert written == result.metrics and set(written["models"]) == MODELS
@@ -49,6 +60,7 @@ def test_metrics_json_covers_every_model_breakdown_and_day(backtest, world):
         for name in ("precision@10", "recall@10", "ndcg@10", "map@10", "hit_rate@10", "coverage@10"):
             assert 0 <= overall[name] <= 1
         assert overall["users"] == entry["new_users"]["users"] + entry["returning_users"]["users"]
+        assert entry["inactive_users"]["users"] == inactive_buyers(world, bt_config)
     popularity = written["models"]["popularity"]["overall"]
     assert written["models"]["item_cf"]["overall"]["coverage@10"] > popularity["coverage@10"]
 
@@ -69,13 +81,18 @@ def test_written_recommendations_recompute_the_metrics(spark, backtest, world):
     """Recall, hit rate, NDCG and MAP recomputed from the published lists and the raw
     purchases, by their textbook definitions (binary relevance, k = 10)."""
     result, out = backtest
-    for model in ("metamodel", "item_cf"):
+    for model in ("metamodel", "item_cf", "fallback"):
         recall, hits, ndcg, average_precision = [], [], [], []
         for d in (world.last_date - dt.timedelta(days=2), world.last_date - dt.timedelta(days=1)):
-            recs = spark.read.parquet(str(out / "recommendations" / f"model={model}" / f"run_date={d}")).toPandas()
-            assert list(recs.columns) == ["user_id", "rank", "sale_id", "score", "content_version"]
-            assert recs.groupby("user_id")["rank"].max().le(10).all()
             truth = _truth(world, d, 2)
+            if model == "fallback":  # one list, given to every buyer
+                one = spark.read.parquet(str(out / "fallback" / "model=metamodel" / f"run_date={d}")).toPandas()
+                assert sorted(one["rank"]) == list(range(1, 11)) and one.sale_id.nunique() == 10
+                recs = one.merge(truth[["user_id"]].drop_duplicates(), how="cross")
+            else:
+                recs = spark.read.parquet(str(out / "recommendations" / f"model={model}" / f"run_date={d}")).toPandas()
+                assert list(recs.columns) == ["user_id", "rank", "sale_id", "score", "content_version"]
+            assert recs.groupby("user_id")["rank"].max().le(10).all()
             assert set(truth.user_id) <= set(recs.user_id)  # users="all": every buyer is ranked
             lists = {user: list(rows.sort_values("rank").sale_id) for user, rows in recs.groupby("user_id")}
             for user, bought in truth.groupby("user_id"):

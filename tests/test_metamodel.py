@@ -285,3 +285,73 @@ def test_gradient_boosted_kind_learns_an_interaction_and_scores_blocks_as_its_ro
         trees.coefficients_
     with pytest.raises(ValueError, match="kind"):
         MetaModel(["a"], kind="forest")
+
+
+def _rules(open_sales, **settings):
+    from salerank.metamodel.rules import Rules
+
+    defaults = {"max_per_destination": None, "max_per_category": None, "exclude_sales": [], "boost_sales": {}}
+    return Rules.from_config({**defaults, **settings}, open_sales)
+
+
+def test_business_rules_by_hand():
+    open_sales = pd.DataFrame({"sale_id": ["s0", "s1", "s2", "s3", "s4", "s5"],
+                               "destination": ["A", "A", "A", "B", "B", None],
+                               "category": ["hotel", "villa", "hotel", "hotel", "villa", "hotel"]})
+    scores = np.array([[6.0, 5.0, 4.0, 3.0, 2.0, 1.0]])
+    nobody = (np.zeros(0, int), np.zeros(0, int))
+    assert _rules(open_sales) is None  # no rule: the plain top-k
+    # two per destination: s2 (a third A) is passed over; s5 has none, never capped
+    cols, _ = _rules(open_sales, max_per_destination=2).select(scores.copy(), nobody, 4, boosted=False)
+    assert cols.tolist() == [[0, 1, 3, 4]]
+    # and two hotels: s0 A/hotel, s1 A/villa, (s2: a third A), s3 B/hotel (the second hotel),
+    # s4 B/villa, (s5: a third hotel): only four sales honour both caps
+    cols, best = _rules(open_sales, max_per_destination=2, max_per_category=2).select(
+        scores.copy(), nobody, 5, boosted=False)
+    assert cols[0, :4].tolist() == [0, 1, 3, 4] and np.isinf(best[0, 4])
+    excluded = _rules(open_sales, exclude_sales=["s0", "unknown"])
+    cols, best = excluded.select(scores.copy(), (np.array([0]), np.array([1])), 2, boosted=False)  # s1 bought
+    assert cols.tolist() == [[2, 3]] and best.tolist() == [[4.0, 3.0]]
+    # a boost of e^3.5 on s4 lifts its log-odds from 2 to 5.5: second, published at its own 2
+    cols, best = _rules(open_sales, boost_sales={"s4": float(np.exp(3.5))}).select(
+        scores.copy(), nobody, 3, boosted=True)
+    assert cols.tolist() == [[0, 4, 1]]
+    np.testing.assert_allclose(best, [[6.0, 2.0, 5.0]])
+
+
+@pytest.mark.parametrize("seed", range(2))
+@pytest.mark.parametrize("per_destination, per_category", [(2, 3), (4, 8)])
+def test_capped_lists_are_the_greedy_walk_down_each_users_order(seed, per_destination, per_category):
+    """Against a plain loop: each user's sales in score order (ties to the lower sale), kept
+    while the list has room and the sale's destination and category are under their caps;
+    bought and excluded sales never; with the tight caps no list fills (every user is walked
+    past the first 4k sales), with the loose ones most do within them."""
+    rng = np.random.default_rng(seed)
+    n, m, k = 200, 60, 10
+    open_sales = pd.DataFrame({"sale_id": [f"s{i}" for i in range(m)],
+                               "destination": rng.choice(["A", "B", "C", None], m, p=[0.6, 0.2, 0.1, 0.1]),
+                               "category": rng.choice(["x", "y"], m, p=[0.8, 0.2])})
+    rules = _rules(open_sales, max_per_destination=per_destination, max_per_category=per_category,
+                   exclude_sales=["s1", "s2"])
+    scores = np.round(rng.random((n, m)), 2)
+    bought = np.nonzero(rng.random((n, m)) < 0.1)
+    cols, best = rules.select(scores.copy(), bought, k, boosted=False)
+    masked = scores.copy()
+    masked[bought] = -np.inf
+    for row in range(n):
+        kept, per = [], {}
+        for column in np.argsort(-masked[row], kind="stable"):
+            d, c = open_sales.destination[column], open_sales.category[column]
+            if not np.isfinite(masked[row, column]) or column in (1, 2) or len(kept) == k:
+                continue
+            if (d is not None and per.get(("d", d), 0) >= per_destination) or per.get(("c", c), 0) >= per_category:
+                continue
+            kept.append(column)
+            if d is not None:
+                per[("d", d)] = per.get(("d", d), 0) + 1
+            per[("c", c)] = per.get(("c", c), 0) + 1
+        finite = np.isfinite(best[row])
+        assert cols[row][finite].tolist() == kept
+        assert best[row][finite].tolist() == masked[row, kept].tolist()
+    filled = np.isfinite(best).all(axis=1)
+    assert filled.mean() > 0.5 if per_category == 8 else not filled.any()

@@ -123,6 +123,45 @@ def test_output_contract(spark, world, night):
     assert (recs.model_version == result.model_version).all()
 
 
+def test_a_fallback_list_is_published_for_users_without_one(spark, world, night, night_config):
+    """For new users and users with no recent activity: each exported strategy's list for a user
+    with no history, in OUT/fallback and in each experiment's fallback.jsonl."""
+    result, out = night
+    day = world.last_date
+    fallback = spark.read.parquet(str(out / "fallback" / f"run_date={day}")).toPandas()
+    assert list(fallback.columns) == ["strategy", "rank", "sale_id", "score", "model_version"]
+    lists = {s: f.sort_values("rank") for s, f in fallback.groupby("strategy")}
+    assert set(lists) == {"metamodel", "popularity"}
+    open_sales = night_by_hand(world, day)["open"]
+    for strategy, ranking in lists.items():
+        assert ranking["rank"].tolist() == list(range(1, 11)) and set(ranking.sale_id) <= open_sales
+        assert ranking.score.is_monotonic_decreasing and ranking.sale_id.nunique() == 10
+    assert (lists["metamodel"].model_version == result.model_version).all()
+    assert lists["popularity"].model_version.isna().all()
+    assert ((lists["metamodel"].score > 0) & (lists["metamodel"].score < 1)).all()  # a probability
+    # popularity's: distinct users who visited or bought each open sale in the window, ties by sale_id
+    since = (day - dt.timedelta(days=night_config["recommenders"]["popularity"]["window_days"])).isoformat()
+    events = pd.concat([e[(e.ts >= since) & (e.ts < day.isoformat())] for e in (world.visits, world.purchases)])
+    users = events[events.sale_id.isin(open_sales)].groupby("sale_id").user_id.nunique()
+    users = users.reindex(sorted(open_sales), fill_value=0)
+    expected = sorted(users.index, key=lambda sale: (-users[sale], sale))[:10]
+    assert lists["popularity"].sale_id.tolist() == expected
+    assert lists["popularity"].score.tolist() == [float(users[s]) for s in expected]
+    # the meta-model's list for nobody is its own: not the popularity order
+    assert lists["metamodel"].sale_id.tolist() != expected
+    folder = out / "exports" / f"run_date={day}" / "meta-vs-pop"
+    lines = [json.loads(line) for line in (folder / "fallback.jsonl").read_text().splitlines()]
+    assert [(line["variant"], line["strategy"], line["fallback"]) for line in lines] == [
+        ("control", "popularity", True), ("treatment", "metamodel", True)]
+    assert all("user_id" not in line for line in lines)
+    assert lines[1]["model_version"] == result.model_version and "model_version" not in lines[0]
+    for line in lines:
+        assert [r["sale_id"] for r in line["recommendations"]] == lists[line["strategy"]].sale_id.tolist()
+        assert [r["position"] for r in line["recommendations"]] == list(range(1, 11))
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["fallback"]["file"] == "fallback.jsonl" and manifest["fallback"]["lines"] == 2
+
+
 def test_metamodel_recovers_true_preferences_better_than_popularity(world, night):
     result, _ = night
     day = world.last_date.isoformat()
@@ -495,6 +534,8 @@ def test_night_without_open_sales_or_active_users_publishes_an_empty_output(spar
     assert empty.count() == 0 and "model_version" in empty.columns
     exports = out / "exports" / f"run_date={later}" / "meta-vs-pop"
     assert (exports / "control.jsonl").read_text() == "" and (exports / "treatment.jsonl").read_text() == ""
+    assert (exports / "fallback.jsonl").read_text() == ""  # no open sale, no list for anyone
+    assert spark.read.parquet(str(out / "fallback" / f"run_date={later}")).count() == 0
     assert (out / "manifests" / f"run_date={later}" / "_SUCCESS").exists()
 
     first = world.sales.open_date.min()  # sales open, but nobody has done anything yet
