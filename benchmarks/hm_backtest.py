@@ -14,8 +14,9 @@
 3. On the same split, ``implicit``'s ALS and BPR are used on their own, as their users
    would: trained on every purchase before D, ``recommend(..., items=<sales open on D>,
    filter_already_liked_items=True)``.
-4. Every list (salerank's, read back from the published recommendations, and implicit's)
-   is scored by the same code against the same truth; the table is printed.
+4. Every list (salerank's, read back from the published recommendations, its fallback list
+   given to every user, implicit's, and with ``--peers`` those of ``hm_peers.py``: RecTools,
+   LightFM, EASE) is scored by the same code against the same truth; the tables are printed.
 """
 from __future__ import annotations
 
@@ -37,6 +38,8 @@ from salerank.conf import load_config
 from salerank.jobs.replay import run_backtest
 from salerank.jobs.spark import get_spark
 from salerank.metamodel.evaluation import PER_USER, Resampled, per_user_metrics, verdict
+
+log = logging.getLogger("salerank")
 
 INTERVAL_METRICS = ("recall", "ndcg", "hit_rate")
 
@@ -103,6 +106,28 @@ def published_lists(spark, out: Path, day: dt.date, models: dict | None) -> pd.D
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
+def fallback_lists(spark, out: Path, runs: dict, day: dt.date, users: list[str]) -> pd.DataFrame:
+    """The meta-model's fallback list of the run whose models keep their names (the list a
+    user with no history gets), given to every user: strategy ``fallback``."""
+    folder = next((f for f, (_, _, models) in runs.items() if models is None), None)
+    path = out / str(folder) / "fallback" / "model=metamodel" / f"run_date={day}"
+    if folder is None or not path.exists():
+        return pd.DataFrame()
+    one = spark.read.parquet(str(path)).toPandas()[["rank", "sale_id"]]
+    return one.merge(pd.DataFrame({"user_id": users}), how="cross").assign(strategy="fallback")
+
+
+def peer_lists(peers: pd.DataFrame | None, day: dt.date, users: list[str]) -> pd.DataFrame:
+    """``hm_peers.py``'s lists of ``day`` (a user it could not rank has none: a miss)."""
+    if peers is None:
+        return pd.DataFrame()
+    mine = peers[pd.to_datetime(peers["day"]).dt.date == day]
+    missing = sorted(set(peers["strategy"]) - set(mine["strategy"]))
+    if missing:
+        log.warning("%s: no lists of %s (the peer failed that day): its users are left out", day, missing)
+    return mine[mine["user_id"].isin(set(users))][["strategy", "user_id", "rank", "sale_id"]]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source", default=str(DEFAULT_SOURCE))
@@ -116,6 +141,9 @@ def main() -> None:
                         help="backtests to run, of: images (the tagger trained on the articles' "
                              "attributes), imagenet (ImageNet classes as tags: no image_labels), noimages")
     parser.add_argument("--conf", help="YAML configuration merged over conf/default.yaml")
+    parser.add_argument("--peers", help="the lists benchmarks/hm_peers.py wrote (Parquet), scored beside ours")
+    parser.add_argument("--skip-backtests", action="store_true",
+                        help="score the lists already published in OUT (same --runs) instead of replaying")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s salerank: %(message)s")
     source, out = Path(args.source), Path(args.out)
@@ -141,11 +169,14 @@ def main() -> None:
     for folder, (data, with_images, _) in runs.items():
         config = load_config(args.conf, overrides={"image_labelling": {"enabled": with_images}})
         spark = spark or get_spark(config)
+        if args.skip_backtests:
+            continue
         start = time.perf_counter()
         run_backtest(spark, str(out / data), args.start, args.end, str(out / folder), config,
                      truth_days=args.truth_days, users="all", new_sale_days=args.new_sale_days)
         seconds[folder] = time.perf_counter() - start
 
+    peers = pd.read_parquet(args.peers) if args.peers else None
     per_user, sale_age = [], tables["sales"].set_index("sale_id")["open_date"]
     has_metadata = tables["sales"].set_index("sale_id")["category"].notna()
     bought_before = tables["purchases"].groupby("user_id")["ts"].min()
@@ -157,7 +188,9 @@ def main() -> None:
         truth = truth_for(tables, day, args.truth_days)
         truth = truth[truth.user_id.isin(set(lists.user_id))]
         users = sorted(set(lists.user_id))
-        lists = pd.concat([lists, implicit_lists(tables, day, users, seed=42)], ignore_index=True)
+        lists = pd.concat([lists, implicit_lists(tables, day, users, seed=42),
+                           fallback_lists(spark, out, runs, day, users), peer_lists(peers, day, users)],
+                          ignore_index=True)
         new_sale = truth.sale_id.map(sale_age) >= day - dt.timedelta(days=args.new_sale_days - 1)
         returning = pd.to_datetime(truth.user_id.map(bought_before)).dt.date < day
         described = truth.sale_id.map(has_metadata).astype(bool)
