@@ -31,24 +31,37 @@ log = logging.getLogger("salerank")
 PHOTOS_PER_PARTITION = 256
 PER_KEYS = ("per_tag", "per_attribute")  # the held-out metrics that are tables, not numbers
 TAG_SCHEMA = ("content_hash string, tagger_version string, tag string, probability double, "
-              "rank int, failure string")
+              "rank int, failure string, embedding binary")
+EMBEDDING_DTYPE = np.float16  # the backbone's pooled embedding, on each photo's rank-1 row
 _WORKER_BACKBONES: dict = {}  # per Python worker process: (name, cache_dir) -> Backbone
 
 
 @dataclass
 class TaggingResult:
     tags: DataFrame  # sale_id, image_path, tag, probability, rank, tagger_version
-    cache: DataFrame  # content_hash, tagger_version, tag, probability, rank, failure
+    cache: DataFrame  # content_hash, tagger_version, tag, probability, rank, failure, embedding
     failures: list[tuple[str, str]] = field(default_factory=list)  # (image_path, reason)
     tagger_version: str = ""
     metrics: dict = field(default_factory=dict)
     tagger: Tagger | None = None  # what tagged the photos
     cached: list[DataFrame] = field(default_factory=list)  # what tags and cache are read from
+    embeddings: DataFrame | None = None  # sale_id, image_path, embedding (sale_embeddings() reads it)
 
     def release(self) -> None:
         """Unpersist the cached frames; ``tags`` and ``cache`` must not be read afterwards."""
         for frame in self.cached:
             frame.unpersist()
+
+
+def sale_embeddings(embeddings: pd.DataFrame) -> pd.DataFrame:
+    """Sales x 1280: the mean of each sale's photos' embeddings, each photo's first scaled to
+    unit length, the mean then too (``embeddings``: ``TaggingResult.embeddings`` as pandas)."""
+    if not len(embeddings):
+        return pd.DataFrame()
+    vectors = np.stack([np.frombuffer(b, EMBEDDING_DTYPE).astype(np.float64) for b in embeddings["embedding"]])
+    vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    means = pd.DataFrame(vectors, index=embeddings["sale_id"].to_numpy()).groupby(level=0).mean().sort_index()
+    return means.div(np.maximum(np.linalg.norm(means.to_numpy(), axis=1), 1e-12), axis=0)
 
 
 def _backbone(name: str, cache_dir: str | None) -> Backbone:
@@ -234,13 +247,14 @@ def tag_images(sale_images: DataFrame, image_labels: DataFrame | None, data_dir:
             else:
                 probability = 1.0 / (1.0 + np.exp(-(embedded.vectors @ head[0] + head[1])))
             by_path = dict(zip(batch["image_path"], map(content_hash, batch["content"])))
-            rows = [(by_path[p], version, tag, prob, rank + 1, None)
-                    for p, best in zip(embedded.paths, top_tags(probability, tags, k))
+            vectors = [v.astype(EMBEDDING_DTYPE).tobytes() for v in embedded.vectors]
+            rows = [(by_path[p], version, tag, prob, rank + 1, None, vector if rank == 0 else None)
+                    for p, vector, best in zip(embedded.paths, vectors, top_tags(probability, tags, k))
                     for rank, (tag, prob) in enumerate(best)]
-            rows += [(by_path[f.path], version, None, None, None, f.reason) for f in embedded.failures]
+            rows += [(by_path[f.path], version, None, None, None, f.reason, None) for f in embedded.failures]
             tagged.add(len(batch))
             yield pd.DataFrame(rows, columns=["content_hash", "tagger_version", "tag", "probability",
-                                              "rank", "failure"])
+                                              "rank", "failure", "embedding"])
 
     def hash_partition(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         for batch in batches:
@@ -253,9 +267,15 @@ def tag_images(sale_images: DataFrame, image_labels: DataFrame | None, data_dir:
     hashed = read_photos(spark, located).mapInPandas(hash_partition, "image_path string, content_hash string").cache()
     if cache is not None and "model_version" in cache.columns:  # a cache written before the rename
         cache = cache.withColumnRenamed("model_version", "tagger_version")
-    known = (cache.filter(F.col("tagger_version") == version) if cache is not None
-             else spark.createDataFrame([], TAG_SCHEMA))
-    todo = [r["image_path"] for r in hashed.join(known.select("content_hash").distinct(), "content_hash", "left_anti")
+    if cache is not None and "embedding" not in cache.columns:  # written before embeddings were kept
+        cache = cache.withColumn("embedding", F.lit(None).cast("binary"))
+    cached = (cache.filter(F.col("tagger_version") == version) if cache is not None
+              else spark.createDataFrame([], TAG_SCHEMA))
+    # a photo is done when it failed or has its embedding; the others (tagged before embeddings
+    # were kept) are tagged again and their old rows replaced
+    done = cached.filter(F.col("failure").isNotNull() | F.col("embedding").isNotNull()).select("content_hash").distinct()
+    known = cached.join(done, "content_hash")
+    todo = [r["image_path"] for r in hashed.join(done, "content_hash", "left_anti")
             .dropDuplicates(["content_hash"]).select("image_path").collect()]
     # partitions of at most a few hundred photos: a worker holds one partition's bytes at a time
     partitions = max(1, int(config["spark"]["scoring_partitions"]), -(-len(todo) // PHOTOS_PER_PARTITION))
@@ -272,6 +292,11 @@ def tag_images(sale_images: DataFrame, image_labels: DataFrame | None, data_dir:
     tags_df = (images.join(hashed, "image_path")
                .join(all_tags.filter(F.col("failure").isNull()), "content_hash")
                .select("sale_id", "image_path", "tag", "probability", "rank", "tagger_version"))
-    new_cache = all_tags if cache is None else cache.unionByName(fresh)
+    redone = fresh.select("content_hash", "tagger_version").distinct()
+    new_cache = all_tags if cache is None else cache.join(
+        redone, ["content_hash", "tagger_version"], "left_anti").unionByName(fresh)
+    embeddings = (images.join(hashed, "image_path")
+                  .join(all_tags.filter(F.col("embedding").isNotNull()), "content_hash")
+                  .select("sale_id", "image_path", "embedding"))
     return TaggingResult(tags_df, new_cache, list(failed.itertuples(index=False, name=None)),
-                         version, metrics, tagger, [hashed, fresh])
+                         version, metrics, tagger, [hashed, fresh], embeddings)

@@ -24,7 +24,8 @@ from .. import recommenders as recs
 from ..conf import flatten
 from ..features.history import Catalog, ScoringContext, purchases_on
 from ..features.themes import Themes, fit_themes, theme_table
-from ..image_labelling.stage import PER_KEYS, tag_images
+from ..image_labelling.stage import PER_KEYS, sale_embeddings, tag_images
+from ..recommenders.visual import similar_open_sales
 from ..features.loading import check_fresh, load_tables
 from ..metamodel.evaluation import ranking_metrics
 from ..metamodel.ranking import METAMODEL, RANKING_SCHEMA, fallback_lists, rank_users
@@ -126,8 +127,8 @@ def run_training(spark: SparkSession, data_dir: str, as_of: dt.date, out_dir: st
         artefacts = None  # the tagger and themes, registered with the version (image_artefacts.py)
         if with_images:
             with stages("images"):
-                themes, artefacts = run_image_stage(tables, data_dir, out_dir, config)
-                catalog = catalog.with_themes(themes.sale_themes, themes.sale_attributes)
+                themes, artefacts, embeddings = run_image_stage(tables, data_dir, out_dir, config)
+                catalog = catalog.with_themes(themes.sale_themes, themes.sale_attributes, embeddings)
         with stages("train"):
             model, metrics, examples = _train(tables, catalog, recs.from_config(config, with_images), as_of, config)
         promotion = None
@@ -189,8 +190,8 @@ def _nightly(spark, data_dir, run_date, out_dir, config, keep_rankings, night) -
             pinned = pinned_artefacts(registered, config["image_labelling"]["backbone"])
             # the image cache is shared with training and other dates: wait for it
             with stages("images"), hold(spark, out_dir, "image_cache", config, wait=True):
-                themes, _ = run_image_stage(tables, data_dir, out_dir, config, night, pinned)
-                catalog = catalog.with_themes(themes.sale_themes, themes.sale_attributes)
+                themes, _, embeddings = run_image_stage(tables, data_dir, out_dir, config, night, pinned)
+                catalog = catalog.with_themes(themes.sale_themes, themes.sale_attributes, embeddings)
         context = ScoringContext.build(tables, catalog, run_date)
         active = context.active_users(config["active_lookback_days"]).cache()
         release.callback(active.unpersist)
@@ -230,6 +231,9 @@ def _nightly(spark, data_dir, run_date, out_dir, config, keep_rankings, night) -
                                .select("user_id", "rank", "sale_id", "score",
                                        F.lit(registered.label).alias("model_version")))
             rows = night.write_parquet(recommendations, "recommendations")["rows"]
+            if catalog.embeddings is not None and n_open:  # "you may also like", by the photos
+                similar = similar_open_sales(catalog, context.open_idx)
+                night.write_parquet(spark.createDataFrame(similar, SIMILAR_SCHEMA), "similar_sales")
             version = F.when(F.col("strategy") == METAMODEL, F.lit(registered.label))
             fallback_rows = night.write_parquet(fallback.select(
                 "strategy", "rank", "sale_id", "score", version.alias("model_version")), "fallback")["rows"]
@@ -255,6 +259,9 @@ def _nightly(spark, data_dir, run_date, out_dir, config, keep_rankings, night) -
                 rankings = ranked.toPandas()
         return NightlyResult(run_date, output, rows, n_active, n_open, registered.label, metrics,
                              stages.seconds, run.info.run_id, rankings, manifest)
+
+
+SIMILAR_SCHEMA = "sale_id string, rank int, similar_sale_id string, similarity double"
 
 
 def _log_score_steps(timers: dict) -> None:
@@ -341,12 +348,13 @@ def _manifest(config, tables, registered, run_date, n_active, n_open, experiment
 
 
 def run_image_stage(tables, data_dir, out_dir, config, night=None,
-                    pinned: ImageArtefacts | None = None) -> tuple[Themes, ImageArtefacts]:
+                    pinned: ImageArtefacts | None = None) -> tuple[Themes, ImageArtefacts, pd.DataFrame | None]:
     """Tag the photos (cached by content and tagger version), stage the tags and the themes
     in ``night`` when given, and return the themes (``sale_themes``: each sale's weights) with
-    what computed them. With ``pinned`` (a registered version's tagger and themes), exactly
-    those, the hand labels unread; without, a tagger trained on the hand labels and themes
-    fitted on its tags, both logged to the active run (training registers them)."""
+    what computed them, and with ``image_labelling.visual_similarity`` each sale's embedding
+    (``stage.sale_embeddings``; else None). With ``pinned`` (a registered version's tagger and
+    themes), exactly those, the hand labels unread; without, a tagger trained on the hand labels
+    and themes fitted on its tags, both logged to the active run (training registers them)."""
     spark = tables.sales.sparkSession
     cache_path = join(out_dir, "image_cache")
     cache = spark.read.parquet(cache_path) if FileSystem(spark, out_dir).exists(cache_path) else None
@@ -360,6 +368,8 @@ def run_image_stage(tables, data_dir, out_dir, config, night=None,
         if night is not None:
             night.write_parquet(result.tags, "image_tags")
         tags = result.tags.toPandas()
+        embeddings = (sale_embeddings(result.embeddings.toPandas())
+                      if config["image_labelling"]["visual_similarity"] else None)
         publish_parquet(result.cache, cache_path)  # after the last read of the old cache
     finally:
         result.release()  # on failure as on success
@@ -384,7 +394,7 @@ def run_image_stage(tables, data_dir, out_dir, config, night=None,
         artefacts.log()
     mlflow.set_tag("themes_version", themes.model.version)
     log.info("%d themes (%s): %s", len(themes.names), themes.model.version, ", ".join(themes.names))
-    return themes, artefacts
+    return themes, artefacts, embeddings
 
 
 def _train(tables, catalog, prototypes, as_of, config):

@@ -70,7 +70,8 @@ class Night:
 
     JOURNAL = "_COMMIT"
     # every part a night may publish under OUT/<part>/run_date=D
-    PARTS = ("recommendations", "fallback", "exports", "image_tags", "themes", "reports", "manifests")
+    PARTS = ("recommendations", "fallback", "similar_sales", "exports", "image_tags", "themes", "reports",
+             "manifests")
 
     def __init__(self, spark, out_dir: str, run_date, guard=None):
         self.spark, self.run_date = spark, run_date

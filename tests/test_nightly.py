@@ -642,3 +642,35 @@ def test_night_report_renders_in_a_real_browser(spark, world, night):
             assert len(drivers) == 10 and all(t.startswith("themes: ") for t in drivers)
         assert page.locator("table.summary").inner_text().count(result.model_version) == 1
         browser.close()
+
+
+def test_visual_similarity_ranks_and_publishes_the_nearest_open_sales_by_photo(
+        spark, world, world_dir, night, night_config, tmp_path):
+    """With image_labelling.visual_similarity the model gains the visual recommender, and the
+    night publishes each open sale's most similar open sales: their cosines recomputed from the
+    cached embeddings, and by the world's truth mostly sales showing the same scene."""
+    from salerank.image_labelling.stage import sale_embeddings
+
+    out = own_out(night, tmp_path)  # photos are tagged already, embeddings included
+    config = {**night_config, "image_labelling": {**night_config["image_labelling"], "visual_similarity": True}}
+    run_training(spark, str(world_dir / "data"), world.last_date, str(out), config, alias="champion")
+    result = run_nightly(spark, str(world_dir / "data"), world.last_date, str(out), config)
+    assert result.rows == night[0].rows
+    similar = spark.read.parquet(str(out / "similar_sales" / f"run_date={world.last_date}")).toPandas()
+    open_sales = night_by_hand(world, world.last_date)["open"]
+    assert set(similar.sale_id) == open_sales and (similar.groupby("sale_id").size() == 10).all()
+    assert not (similar.sale_id == similar.similar_sale_id).any()
+    # the cosines of the embeddings in the cache, per sale the mean of its photos'
+    photos = world.sale_images.merge(world.photo_scenes, on="image_path")
+    cache = spark.read.parquet(str(out / "image_cache")).filter("embedding is not null").toPandas()
+    hashes = {p: hashlib.sha256((world_dir / "data" / p).read_bytes()).hexdigest() for p in photos.image_path}
+    rows = photos.assign(content_hash=photos.image_path.map(hashes)).merge(
+        cache[["content_hash", "embedding"]].drop_duplicates("content_hash"), on="content_hash")
+    vectors = sale_embeddings(rows[["sale_id", "image_path", "embedding"]])
+    cosine = (vectors.loc[similar.sale_id].to_numpy() * vectors.loc[similar.similar_sale_id].to_numpy()).sum(axis=1)
+    np.testing.assert_allclose(similar.similarity, cosine, atol=1e-5)  # float32 in the catalogue
+    # sales whose photos all show one scene: the nearest mostly shows that scene too (chance 1/8)
+    scenes = photos.groupby("sale_id").theme.agg(lambda t: t.iloc[0] if t.nunique() == 1 else None).dropna()
+    first = similar[(similar["rank"] == 1) & similar.sale_id.isin(scenes.index)
+                    & similar.similar_sale_id.isin(scenes.index)]
+    assert len(first) > 20 and (first.sale_id.map(scenes) == first.similar_sale_id.map(scenes)).mean() > 0.6

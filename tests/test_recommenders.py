@@ -186,3 +186,24 @@ def test_signals_of_the_users_own_interest_and_the_sales_audience(hand_context):
     assert by_sale["visitors_7d"].tolist() == [2, 2, 2, 0]
     assert by_sale["buyers_7d"].tolist() == [0, 1, 0, 0] and by_sale["buyers_30d"].tolist() == [0, 1, 0, 0]
     np.testing.assert_allclose(by_sale["trend_7d"], [np.log(3), np.log(3), np.log(3), 0.0])
+
+
+def test_visual_similarity_sums_cosines_to_what_the_user_saw_and_similar_sales_are_the_nearest(hand_context):
+    import dataclasses
+
+    from salerank.recommenders import VisualSimilarity
+    from salerank.recommenders.visual import similar_open_sales
+
+    # unit vectors: s1 and s2 alike (cos 0.8), s3 orthogonal to both, s4 without a photo
+    e = pd.DataFrame([[1.0, 0.0, 0.0], [0.8, 0.6, 0.0], [0.0, 0.0, 1.0]], index=["s1", "s2", "s3"])
+    themes = pd.DataFrame({"t0": [1.0, 1.0, 1.0, 0.0]}, index=["s1", "s2", "s3", "s4"])
+    catalog = hand_context.catalog.with_themes(themes, None, e)
+    context = dataclasses.replace(hand_context, catalog=catalog)
+    model = VisualSimilarity(visit_weight=1.0, purchase_weight=3.0, half_life_days=None).fit(context)
+    # visited s1 (weight 1), bought s3 (weight 4): s1 1 + 0, s2 0.8, s3 0 + 4, s4 0
+    np.testing.assert_allclose(model.score(history([0, 2], bought=[2])), [[1.0, 0.8, 4.0, 0.0]], atol=1e-6)
+    similar = similar_open_sales(catalog, hand_context.open_idx, n=2)
+    assert similar[similar.sale_id == "s1"].similar_sale_id.tolist() == ["s2", "s3"]
+    assert similar[similar.sale_id == "s3"].similar_sale_id.tolist() == ["s1", "s2"]  # ties (0, 0) by sale_id
+    assert "s4" not in set(similar.sale_id) | set(similar.similar_sale_id)
+    np.testing.assert_allclose(similar[similar.sale_id == "s2"].similarity, [0.8, 0.0], atol=1e-6)

@@ -161,3 +161,41 @@ def test_every_attribute_has_a_predicted_value_and_is_measured_on_its_own():
     assert measured["colour"]["majority_accuracy"] == 1.0 and measured["colour"]["values"] == 1
     assert measured["type"]["accuracy"] == 1.0 and measured["type"]["photos"] == 3
     assert measured["type"]["majority_accuracy"] == 2 / 3 and "beach" not in measured
+
+
+def test_embeddings_are_cached_with_the_tags_and_an_old_cache_is_completed_once(spark, config, tmp_path, backbone):
+    """Each photo's embedding (the backbone's, to float16) travels with its rank-1 tag in the
+    cache; a cache written before embeddings were kept is tagged again once and its rows
+    replaced, not duplicated; a second run tags nothing."""
+    from pyspark.sql import functions as F
+    from sklearn.datasets import load_sample_image
+
+    from salerank.image_labelling.stage import EMBEDDING_DTYPE, sale_embeddings, tag_images
+
+    for name in ("flower", "china"):
+        Image.fromarray(load_sample_image(f"{name}.jpg")).save(tmp_path / f"{name}.jpg")
+    images = spark.createDataFrame([("s1", "flower.jpg"), ("s1", "china.jpg"), ("s2", "china.jpg")],
+                                   "sale_id string, image_path string")
+    first = tag_images(images, None, str(tmp_path), None, config, seed=0)
+    rows = first.embeddings.toPandas()
+    cache = first.cache.toPandas()
+    first.release()
+    assert sorted(zip(rows.sale_id, rows.image_path)) == [("s1", "china.jpg"), ("s1", "flower.jpg"), ("s2", "china.jpg")]
+    direct = backbone.embed([str(tmp_path / "flower.jpg"), str(tmp_path / "china.jpg")]).vectors
+    flower = np.frombuffer(rows[rows.image_path == "flower.jpg"].embedding.iloc[0], EMBEDDING_DTYPE)
+    np.testing.assert_allclose(flower, direct[0], rtol=1e-2, atol=1e-2)
+    by_sale = sale_embeddings(rows)
+    unit = direct / np.linalg.norm(direct, axis=1, keepdims=True)
+    mean = unit.mean(axis=0)
+    np.testing.assert_allclose(by_sale.loc["s1"], mean / np.linalg.norm(mean), atol=2e-3)
+    np.testing.assert_allclose(by_sale.loc["s2"], unit[1], atol=2e-3)
+
+    old = spark.createDataFrame(cache.drop(columns="embedding"))  # as a cache of before
+    again = tag_images(images, None, str(tmp_path), old, config, seed=0)
+    completed = again.cache.toPandas()
+    assert len(completed) == len(cache) and completed.embedding.notna().sum() == 2  # replaced, once each
+    third = tag_images(images, None, str(tmp_path), spark.createDataFrame(completed), config, seed=0)
+    assert third.cache.filter(F.col("embedding").isNotNull()).count() == 2
+    assert third.tags.count() == first.tags.count() == 3 * 5
+    again.release()
+    third.release()
