@@ -271,9 +271,10 @@ def tag_images(sale_images: DataFrame, image_labels: DataFrame | None, data_dir:
         cache = cache.withColumn("embedding", F.lit(None).cast("binary"))
     cached = (cache.filter(F.col("tagger_version") == version) if cache is not None
               else spark.createDataFrame([], TAG_SCHEMA))
-    # a photo is done when it failed or has its embedding; the others (tagged before embeddings
-    # were kept) are tagged again and their old rows replaced
-    done = cached.filter(F.col("failure").isNotNull() | F.col("embedding").isNotNull()).select("content_hash").distinct()
+    # a photo is done when it failed or is tagged; with visual similarity, also embedded: one
+    # tagged before embeddings were kept is then tagged again and its old rows replaced
+    complete = F.col("embedding").isNotNull() if config["image_labelling"]["visual_similarity"] else F.lit(True)
+    done = cached.filter(F.col("failure").isNotNull() | complete).select("content_hash").distinct()
     known = cached.join(done, "content_hash")
     todo = [r["image_path"] for r in hashed.join(done, "content_hash", "left_anti")
             .dropDuplicates(["content_hash"]).select("image_path").collect()]

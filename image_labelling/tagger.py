@@ -321,6 +321,6 @@ def attribute_metrics(probability: np.ndarray, y: np.ndarray, tags: list[str], p
         majority = truth[:, truth.sum(axis=0).argmax()] > 0
         ap = [per_tag[tags[j]]["average_precision"] for j in columns if tags[j] in per_tag]
         out[attribute] = {"accuracy": float(hit.mean()), "majority_accuracy": float(majority.mean()),
-                          "mean_average_precision": float(np.mean(ap)), "values": len(ap),
+                          "mean_average_precision": float(np.mean(ap)) if ap else float("nan"), "values": len(ap),
                           "photos": int(labelled.sum())}
     return out

@@ -319,9 +319,10 @@ def _check_night(night, rows, n_active, n_open, k, exported, fallback_rows, fall
     if rows > expected or (n_active and n_open and rows == 0):
         raise PublishError(f"recommendations: {rows} rows for {n_active} users and {n_open} open "
                            f"sales (at most {expected} expected)")
-    if fallback_rows != fallback_lists * min(k, n_open) or (n_active and n_open and not fallback_lists):
+    # business rules (caps, exclusions) may shorten a list, never lengthen it
+    if fallback_rows > fallback_lists * min(k, n_open) or (n_active and n_open and not fallback_rows):
         raise PublishError(f"fallback: {fallback_rows} rows in {fallback_lists} lists for {n_open} open "
-                           f"sales ({min(k, n_open)} per list expected)")
+                           f"sales (at most {min(k, n_open)} per list expected)")
     for name, users in exported.items():
         if sum(users.values()) > n_active:
             raise PublishError(f"exports/{name}: {sum(users.values())} users exported, only "

@@ -55,11 +55,14 @@ def feature_config_hash(config: dict) -> str:
     """Hash of the settings that decide what the meta-model's features mean."""
     recommenders = copy.deepcopy(config["recommenders"])
     recommenders["bpr"].pop("threads", None)  # how fast BPR fits, not what its scores mean
+    if not config["image_labelling"]["visual_similarity"]:  # so that models of before keep their hash
+        recommenders.pop("visual", None)
     relevant = {"recommenders": recommenders, "signals": config["metamodel"]["signals"],
                 "ranks": config["metamodel"]["ranks"],
                 # only when set, so that models registered before the setting keep their hash
                 **({"rank_depth": depth} if (depth := config["metamodel"]["rank_depth"]) else {}),
-                "images": {k: config["image_labelling"][k] for k in ("enabled", "backbone", "themes")}}
+                "images": {k: config["image_labelling"][k] for k in ("enabled", "backbone", "themes")},
+                **({"visual_similarity": True} if config["image_labelling"]["visual_similarity"] else {})}
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -252,7 +252,9 @@ def _rank_and_publish(context, prototypes, model, users, truth, out_dir, config)
         lists = ranked.groupBy("strategy").agg(F.countDistinct("sale_id").alias("sales")).toPandas()
     finally:
         ranked.unpersist()
-    given = fallback.drop(columns="strategy").merge(truth[["user_id"]].drop_duplicates(), how="cross")
+    # to the buyers ranked that day (with --users active, the active ones): as their other lists
+    ranked_buyers = pd.DataFrame({"user_id": sorted(set(recommended["user_id"]))})
+    given = fallback.drop(columns="strategy").merge(ranked_buyers, how="cross")
     recommended = pd.concat([recommended, given.assign(strategy=FALLBACK)[recommended.columns]], ignore_index=True)
     lists.loc[len(lists)] = [FALLBACK, fallback["sale_id"].nunique()]
     return recommended, lists

@@ -28,7 +28,7 @@ def validated_candidate(examples: pd.DataFrame, model: MetaModel, metrics: dict,
         return None
     earlier, _ = validation_split(examples, validation_days)
     sample = subsample_negatives(earlier, int(metrics["chosen_negative_ratio"]))
-    return MetaModel(model.feature_names, metrics["chosen_C"], model.ranked, model.rank_depth).fit(sample)
+    return MetaModel(model.feature_names, metrics["chosen_C"], model.ranked, model.rank_depth, model.kind).fit(sample)
 
 
 def incomparable(champion: MetaModel, candidate: MetaModel) -> str | None:

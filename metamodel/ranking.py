@@ -141,7 +141,8 @@ def rank_users(context, prototypes, model, users, config, timers: dict | None = 
     is given. ``timers``: see ``score_users``."""
     fitted = fitted or fit_all(prototypes + signals_from_config(config), context)
     strategies = strategies or (METAMODEL, *[r.name for r in prototypes])
-    rules = Rules.from_config(config["rules"], context.catalog.sales.iloc[context.open_idx])
+    slope = (getattr(model, "calibration_", None) or (1.0, 0.0))[0] if model is not None else 1.0
+    rules = Rules.from_config(config["rules"], context.catalog.sales.iloc[context.open_idx], slope)
     return score_users(context, fitted, users, RankTopK(model, config["top_k"], strategies, rules),
                        RANKING_SCHEMA, config["spark"]["scoring_partitions"], timers)
 

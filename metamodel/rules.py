@@ -31,16 +31,19 @@ class Rules:
     caps: tuple[int, ...]
 
     @classmethod
-    def from_config(cls, settings: dict, open_sales: pd.DataFrame) -> Rules | None:
+    def from_config(cls, settings: dict, open_sales: pd.DataFrame, slope: float = 1.0) -> Rules | None:
         """The rules of ``settings`` (``config['rules']``) for ``open_sales`` (the catalogue's
-        rows of the open sales, in column order); None when no rule is set."""
+        rows of the open sales, in column order); None when no rule is set. ``slope``: the
+        meta-model's calibration slope, so that a factor multiplies the published odds (the
+        published log-odds are ``slope * z + intercept``)."""
         ids = open_sales["sale_id"].astype(str).to_numpy()
         excluded = np.isin(ids, [str(s) for s in settings["exclude_sales"]])
         factors = {str(s): float(f) for s, f in (settings["boost_sales"] or {}).items()}
-        log_boost = np.array([np.log(factors.get(s, 1.0)) for s in ids])
+        log_boost = np.array([np.log(factors.get(s, 1.0)) for s in ids]) / (slope if slope > 0 else 1.0)
         unknown = sorted((set(map(str, settings["exclude_sales"])) | set(factors)) - set(ids))
-        if unknown:
-            log.info("rules: %d excluded or boosted sales are not open today (e.g. %s)", len(unknown), unknown[0])
+        if unknown:  # closed, not open yet, or a YAML id read as a number (quote ids such as "0100")
+            log.warning("rules: %d excluded or boosted sales are not open today, e.g. %r (quote ids "
+                        "in YAML: 0100 unquoted is a number)", len(unknown), unknown[0])
         groups, caps = [], []
         for key, column in CAPPED.items():
             if settings[key] is not None and column in open_sales.columns:

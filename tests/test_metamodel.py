@@ -267,9 +267,9 @@ def test_gradient_boosted_kind_learns_an_interaction_and_scores_blocks_as_its_ro
     ranks included, give the pipeline's own numbers; same data, same version."""
     rng = np.random.default_rng(4)
     a, b = rng.exponential(1.0, 4000), rng.exponential(1.0, 4000)
-    examples = pd.DataFrame({"a": a, "b": b, "label": ((a > 1) & (b > 1)).astype(int) | (rng.random(4000) < 0.02)})
-    examples["rank_a"] = examples["a"].rank(ascending=False)
-    held = examples.sample(1000, random_state=1)
+    frame = pd.DataFrame({"a": a, "b": b, "label": ((a > 1) & (b > 1)).astype(int) | (rng.random(4000) < 0.02)})
+    frame["rank_a"] = frame["a"].rank(ascending=False)
+    examples, held = frame.iloc[:3000], frame.iloc[3000:]  # measured on rows it did not see
     logistic = MetaModel(["a", "b"]).fit(examples)
     trees = MetaModel(["a", "b"], kind="gbm").fit(examples)
     assert trees.evaluate(held)["auc"] > logistic.evaluate(held)["auc"] + 0.02
@@ -317,6 +317,14 @@ def test_business_rules_by_hand():
         scores.copy(), nobody, 3, boosted=True)
     assert cols.tolist() == [[0, 4, 1]]
     np.testing.assert_allclose(best, [[6.0, 2.0, 5.0]])
+    # calibrated with slope 2, the published log-odds move by slope x the shift: the factor on
+    # the published odds needs half the shift, 2 -> 3.75: fourth, after s2's 4
+    from salerank.metamodel.rules import Rules
+
+    settings = {"max_per_destination": None, "max_per_category": None, "exclude_sales": [],
+                "boost_sales": {"s4": float(np.exp(3.5))}}
+    cols, _ = Rules.from_config(settings, open_sales, slope=2.0).select(scores.copy(), nobody, 4, boosted=True)
+    assert cols.tolist() == [[0, 1, 2, 4]]
 
 
 @pytest.mark.parametrize("seed", range(2))

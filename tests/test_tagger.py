@@ -165,8 +165,8 @@ def test_every_attribute_has_a_predicted_value_and_is_measured_on_its_own():
 
 def test_embeddings_are_cached_with_the_tags_and_an_old_cache_is_completed_once(spark, config, tmp_path, backbone):
     """Each photo's embedding (the backbone's, to float16) travels with its rank-1 tag in the
-    cache; a cache written before embeddings were kept is tagged again once and its rows
-    replaced, not duplicated; a second run tags nothing."""
+    cache; with visual similarity, a cache written before embeddings were kept is tagged again
+    once and its rows replaced, not duplicated; a second run tags nothing."""
     from pyspark.sql import functions as F
     from sklearn.datasets import load_sample_image
 
@@ -191,10 +191,13 @@ def test_embeddings_are_cached_with_the_tags_and_an_old_cache_is_completed_once(
     np.testing.assert_allclose(by_sale.loc["s2"], unit[1], atol=2e-3)
 
     old = spark.createDataFrame(cache.drop(columns="embedding"))  # as a cache of before
-    again = tag_images(images, None, str(tmp_path), old, config, seed=0)
+    # without visual similarity a tagged photo needs nothing more; with it, its embedding
+    assert tag_images(images, None, str(tmp_path), old, config, seed=0).cache.count() == len(cache)
+    visual = {**config, "image_labelling": {**config["image_labelling"], "visual_similarity": True}}
+    again = tag_images(images, None, str(tmp_path), old, visual, seed=0)
     completed = again.cache.toPandas()
     assert len(completed) == len(cache) and completed.embedding.notna().sum() == 2  # replaced, once each
-    third = tag_images(images, None, str(tmp_path), spark.createDataFrame(completed), config, seed=0)
+    third = tag_images(images, None, str(tmp_path), spark.createDataFrame(completed), visual, seed=0)
     assert third.cache.filter(F.col("embedding").isNotNull()).count() == 2
     assert third.tags.count() == first.tags.count() == 3 * 5
     again.release()
