@@ -6,9 +6,12 @@ Run it in the benchmark's own environment (the peers are never salerank dependen
 these lists with salerank's own, by the same code against the same truth::
 
     python -m venv /work/peers-venv
-    /work/peers-venv/bin/pip install "rectools[lightfm]==0.19.0" catboost scikit-learn pyarrow
-    PYTHONPATH=<a salerank checkout's install> /work/peers-venv/bin/python benchmarks/hm_peers.py \\
-        --data /tmp/salerank-hm/data --start 2020-08-16 --end 2020-09-15 --out /tmp/salerank-hm/peers.parquet
+    /work/peers-venv/bin/pip install "rectools[lightfm]==0.19.0" catboost scikit-learn "pyarrow<20"
+    /work/peers-venv/bin/python benchmarks/hm_peers.py --data /tmp/salerank-hm/data \\
+        --start 2020-08-16 --end 2020-09-15 --out /tmp/salerank-hm/peers.parquet
+    python benchmarks/hm_backtest.py --start 2020-08-16 --peers /tmp/salerank-hm/peers.parquet
+
+It reads only the contract's CSV files (pandas): salerank itself is not imported.
 
 Each date D, every model is trained on the purchases before D and ranks, for every buyer of
 the truth window (as ``hm_backtest.py``: ``--users all``), the sales open on D, in its
