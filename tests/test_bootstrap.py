@@ -134,7 +134,7 @@ def test_metrics_document_has_an_interval_for_every_mean_and_the_comparisons():
                                         2, {}, pairs, 1000, 42)
     entries = [entry[segment] for entry in doc["models"].values() for segment in replay.SEGMENTS]
     entries += [e for entry in doc["models"].values() for e in entry["per_day"].values()]
-    assert len(entries) == 3 * (5 + 2)
+    assert len(entries) == 3 * (len(replay.SEGMENTS) + 2)
     for entry in entries:
         assert set(entry["ci95"]) == {f"{m}@10" for m in PER_USER}
         for name, (low, high) in entry["ci95"].items():
