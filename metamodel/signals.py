@@ -22,7 +22,25 @@ def _days(dates, as_of) -> np.ndarray:
     return np.array([(as_of - d).days for d in dates], dtype=float)
 
 
-class DaysOpen(Recommender):
+class SameForEveryUser(Recommender):
+    """A signal of the open sales alone: ``fit`` sets ``values_`` (one per open sale), and every
+    user's row is that row (broadcast, not copied: ranked and transformed once per block)."""
+
+    values_: np.ndarray
+
+    def score(self, history: UserHistory) -> np.ndarray:
+        return np.broadcast_to(self.values_, (len(history), len(self.values_)))
+
+
+class OfTheUsersOwnHistory(Recommender):
+    """A signal read from each user's history of the open sales themselves."""
+
+    def fit(self, context) -> OfTheUsersOwnHistory:
+        self.open_idx_ = context.open_idx
+        return self
+
+
+class DaysOpen(SameForEveryUser):
     """Days since the sale opened (0 on its first day)."""
 
     name = "days_open"
@@ -32,11 +50,8 @@ class DaysOpen(Recommender):
         self.values_ = _days(sales["open_date"], context.as_of)
         return self
 
-    def score(self, history: UserHistory) -> np.ndarray:
-        return np.broadcast_to(self.values_, (len(history), len(self.values_)))
 
-
-class DaysLeft(Recommender):
+class DaysLeft(SameForEveryUser):
     """Days until the sale closes (0 on its last day)."""
 
     name = "days_left"
@@ -45,9 +60,6 @@ class DaysLeft(Recommender):
         sales = context.catalog.sales.iloc[context.open_idx]
         self.values_ = -_days(sales["close_date"], context.as_of)
         return self
-
-    def score(self, history: UserHistory) -> np.ndarray:
-        return np.broadcast_to(self.values_, (len(history), len(self.values_)))
 
 
 class PriceFit(Recommender):
@@ -103,49 +115,37 @@ class Recency(Recommender):
         return np.broadcast_to(last[:, None], (len(history), self.n_open_))
 
 
-class SaleVisits(Recommender):
+class SaleVisits(OfTheUsersOwnHistory):
     """How many times the user visited the open sale before the day (0 if never)."""
 
     name = "sale_visits"
-
-    def fit(self, context) -> SaleVisits:
-        self.open_idx_ = context.open_idx
-        return self
 
     def score(self, history: UserHistory) -> np.ndarray:
         return history.of_open_sales(history.visits, self.open_idx_, 0.0)
 
 
-class DaysSinceSaleVisit(Recommender):
+class DaysSinceSaleVisit(OfTheUsersOwnHistory):
     """Days from the user's last visit to the open sale to the start of the day
     (``NO_HISTORY_DAYS`` if they never visited it)."""
 
     name = "days_since_sale_visit"
 
-    def fit(self, context) -> DaysSinceSaleVisit:
-        self.open_idx_ = context.open_idx
-        return self
-
     def score(self, history: UserHistory) -> np.ndarray:
         return history.of_open_sales(history.visit_age_days, self.open_idx_, NO_HISTORY_DAYS)
 
 
-class VisitedSaleLastDay(Recommender):
+class VisitedSaleLastDay(OfTheUsersOwnHistory):
     """1 if the user visited the open sale in the day before (the strongest single sign of
     a flash-sale purchase), else 0."""
 
     name = "visited_sale_last_day"
-
-    def fit(self, context) -> VisitedSaleLastDay:
-        self.open_idx_ = context.open_idx
-        return self
 
     def score(self, history: UserHistory) -> np.ndarray:
         days = history.of_open_sales(history.visit_age_days, self.open_idx_, NO_HISTORY_DAYS)
         return (days <= 1.0).astype(float)
 
 
-class Audience(Recommender):
+class Audience(SameForEveryUser):
     """One column of :attr:`ScoringContext.open_sale_audience` (distinct visitors or buyers of
     the open sale over a window), the same for every user."""
 
@@ -157,11 +157,8 @@ class Audience(Recommender):
         self.values_ = context.open_sale_audience[self.column].to_numpy()
         return self
 
-    def score(self, history: UserHistory) -> np.ndarray:
-        return np.broadcast_to(self.values_, (len(history), len(self.values_)))
 
-
-class Trend(Recommender):
+class Trend(SameForEveryUser):
     """The open sale's trend: ``log((1 + users of the last 7 days) / (1 + users of the 7
     before))``, users who visited or bought it; the same for every user."""
 
@@ -171,9 +168,6 @@ class Trend(Recommender):
         audience = context.open_sale_audience
         self.values_ = np.log1p(audience["users_7d"].to_numpy()) - np.log1p(audience["users_prior_7d"].to_numpy())
         return self
-
-    def score(self, history: UserHistory) -> np.ndarray:
-        return np.broadcast_to(self.values_, (len(history), len(self.values_)))
 
 
 SIGNALS = {cls.name: cls for cls in (DaysOpen, DaysLeft, PriceFit, Recency, SaleVisits, DaysSinceSaleVisit,
