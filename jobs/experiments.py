@@ -136,16 +136,23 @@ def export_lines(ranked: DataFrame, users: DataFrame, experiment: Experiment, ru
     """One JSON line per user with recommendations: ``variant`` column plus ``value`` (the
     line), sorted by user. The schema is documented in docs/exports.md."""
     assigned = assign(users, experiment)
-    lists = (ranked.join(assigned, ["user_id", "strategy"])
-             .groupBy("user_id", "variant", "strategy")
-             .agg(F.sort_array(F.collect_list(F.struct(
-                 F.col("rank").alias("position"), "sale_id", "score"))).alias("recommendations")))
-    # the registry label of the meta-model's version; null for a single recommender's list
-    version = F.when(F.col("strategy") == metamodel, F.lit(model_label))
+    lists = _lists(ranked.join(assigned, ["user_id", "strategy"]), "user_id", "variant", "strategy")
     line = F.to_json(F.struct("user_id", F.lit(experiment.name).alias("experiment"), "variant",
                               F.lit(run_date.isoformat()).alias("run_date"), "strategy",
-                              version.alias("model_version"), "recommendations"))
+                              _version(metamodel, model_label), "recommendations"))
     return lists.select("user_id", "variant", line.alias("value"))
+
+
+def _lists(rows: DataFrame, *keys: str) -> DataFrame:
+    """``keys`` and ``recommendations``: each group's rows as ``{position, sale_id, score}``, by rank."""
+    return rows.groupBy(*keys).agg(F.sort_array(F.collect_list(F.struct(
+        F.col("rank").alias("position"), "sale_id", "score"))).alias("recommendations"))
+
+
+def _version(metamodel: str, model_label: str):
+    """``model_version``: the registry label of the meta-model's version; null for a single
+    recommender's list."""
+    return F.when(F.col("strategy") == metamodel, F.lit(model_label)).alias("model_version")
 
 
 def fallback_lines(fallback: DataFrame, experiment: Experiment, run_date: dt.date, model_label: str,
@@ -156,11 +163,8 @@ def fallback_lines(fallback: DataFrame, experiment: Experiment, run_date: dt.dat
     spark = fallback.sparkSession
     variants = spark.createDataFrame([(i, v.name, v.strategy) for i, v in enumerate(experiment.variants)],
                                      "order int, variant string, strategy string")
-    lists = (fallback.join(F.broadcast(variants), "strategy").groupBy("order", "variant", "strategy")
-             .agg(F.sort_array(F.collect_list(F.struct(
-                 F.col("rank").alias("position"), "sale_id", "score"))).alias("recommendations")))
-    version = F.when(F.col("strategy") == metamodel, F.lit(model_label))
+    lists = _lists(fallback.join(F.broadcast(variants), "strategy"), "order", "variant", "strategy")
     line = F.to_json(F.struct(F.lit(experiment.name).alias("experiment"), "variant",
                               F.lit(run_date.isoformat()).alias("run_date"), "strategy",
-                              version.alias("model_version"), F.lit(True).alias("fallback"), "recommendations"))
+                              _version(metamodel, model_label), F.lit(True).alias("fallback"), "recommendations"))
     return lists.repartition(1).sortWithinPartitions("order").select(line.alias("value"))
