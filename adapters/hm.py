@@ -24,9 +24,10 @@ not copied: ``DATA/images`` is a symbolic link to the source's folder.
 
 ``image_labels`` gives the tagger the catalogue's own vocabulary: for each photo of an article
 with metadata, one tag per attribute of :data:`ATTRIBUTES`, written ``attribute=value``
-(``product_type=Trousers``, ``colour=Black``, ...). The tagger trained on them predicts those
-attributes for every photo, the articles without metadata included, and content-based matches
-on the predicted values (see ``features.themes.sale_attributes``).
+(``category=Trousers``, ``colour=Black``, ...). The tagger trained on them predicts those
+attributes for every photo, the articles without metadata included: they shape the themes, and
+the predicted ``category`` and ``destination`` fill those of a sale without metadata in
+content-based (see ``features.themes.sale_attributes``).
 """
 from __future__ import annotations
 
@@ -37,11 +38,13 @@ from pathlib import Path
 
 import pandas as pd
 
-# attribute tag -> column of articles.csv (colour: the perceived master colour, 19 values,
-# rather than the 48 colour groups, most of which have a handful of photos)
-ATTRIBUTES = {"product_type": "product_type_name", "garment_group": "garment_group_name",
-              "colour": "perceived_colour_master_name", "appearance": "graphical_appearance_name",
-              "index_group": "index_group_name"}
+# attribute tag -> column of articles.csv. ``category`` and ``destination`` are named after the
+# sale's columns they come from, so a sale without metadata is filled with the values predicted
+# from its photo (content-based); the others only shape the themes. Colour: the perceived master
+# colour, 19 values, rather than the 48 colour groups, most of which have a handful of photos.
+ATTRIBUTES = {"category": "product_type_name", "destination": "index_name",
+              "garment_group": "garment_group_name", "colour": "perceived_colour_master_name",
+              "appearance": "graphical_appearance_name"}
 
 
 def adapt(source: Path, window_days: int = 28) -> dict[str, pd.DataFrame]:

@@ -2,11 +2,13 @@
 
 A sale's profile is one-hot over its feature values (``destination=Crete``,
 ``category=villa``, ``price_band=2`` and, when the catalogue has image themes,
-``theme=7``: the sale's dominant theme, and ``photo_colour=Black``: each catalogue attribute
-the tagger predicts from the sale's photos, when it was trained on such attributes).  A user's profile is the weighted sum of the
-profiles of the sales they visited (weight ``visit_weight``) and bought (plus
-``purchase_weight``), normalised within each feature group, so the score of a sale is the
-sum over groups of the share of the user's history that matches it (0 to #groups).
+``theme=7``: the sale's dominant theme).  A tagger trained on catalogue attributes named after
+these columns (tags ``destination=...``, ``category=...``) fills a sale's missing destination or
+category with the value predicted from its photos, so a sale with only a photo is matched on
+the same groups as one with metadata; its other attributes (colour, pattern) reach content-based
+only through the themes.  A user's profile is the weighted sum of the profiles of the sales
+they visited (weight ``visit_weight``) and bought (plus ``purchase_weight``), normalised within
+each feature group, so the score of a sale is the sum over groups of the share of the user's history that matches it (0 to #groups).
 """
 from __future__ import annotations
 
@@ -28,6 +30,14 @@ def price_bands(prices: pd.Series, reference: pd.Series, n_bands: int) -> pd.Ser
     return bands.where(prices.notna(), None)
 
 
+def _known_or_predicted(sales: pd.DataFrame, attributes: pd.DataFrame | None, column: str) -> pd.Series:
+    """The sales' ``column``, its missing values filled with those predicted from the photos."""
+    known = sales[column] if column in sales.columns else pd.Series(None, index=sales.index, dtype=object)
+    if attributes is None or column not in attributes.columns:
+        return known
+    return known.where(known.notna(), attributes[column].set_axis(sales.index))
+
+
 class ContentBased(Recommender):
     name = "content"
 
@@ -38,7 +48,9 @@ class ContentBased(Recommender):
 
     def fit(self, context) -> ContentBased:
         sales = context.catalog.sales
-        values = {c: sales[c] for c in FEATURE_COLUMNS if c in sales.columns}
+        attributes = context.catalog.attributes
+        values = {c: _known_or_predicted(sales, attributes, c) for c in FEATURE_COLUMNS
+                  if c in sales.columns or (attributes is not None and c in attributes.columns)}
         if "price" in sales.columns:
             known = sales.loc[sales["open_date"] <= context.as_of, "price"].dropna()
             if len(known):
@@ -47,10 +59,6 @@ class ContentBased(Recommender):
         if themes is not None:  # photos are sale metadata: known before the sale opens
             dominant = pd.Series(themes.argmax(axis=1), index=sales.index).astype("object")
             values["theme"] = dominant.where(themes.sum(axis=1) > 0, None)
-        attributes = context.catalog.attributes
-        for attribute in attributes.columns if attributes is not None else ():
-            # predicted from the photos, so a sale without metadata is matched like one with
-            values[f"photo_{attribute}"] = attributes[attribute].set_axis(sales.index)
         rows, cols, groups, names = [], [], [], []
         for group, (column, series) in enumerate(values.items()):
             for value in sorted(series.dropna().unique(), key=str):

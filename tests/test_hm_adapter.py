@@ -48,10 +48,15 @@ def test_windows_open_the_day_after_the_debut_and_keep_the_leading_zeros(source)
 def test_image_labels_are_the_known_attributes_of_each_photo(source):
     labels = hm.adapt(source)["image_labels"]
     # 0200 has no colour, 0300 no metadata, 0900 no photo (never sold); columns absent from
-    # the file (garment group, ...) give no tags
+    # the file (garment group, ...) give no tags; product type and index are named after the
+    # sale's columns they fill (category, destination)
     assert list(zip(labels.image_path, labels.tag)) == [
-        ("images/0100.jpg", "colour=Red"), ("images/0100.jpg", "product_type=T-shirt"),
-        ("images/0200.jpg", "product_type=Dress")]
+        ("images/0100.jpg", "category=T-shirt"), ("images/0100.jpg", "colour=Red"),
+        ("images/0100.jpg", "destination=Ladieswear"),
+        ("images/0200.jpg", "category=Dress"), ("images/0200.jpg", "destination=Divided")]
+    # the tag of a sale's column is the value the sale has
+    sales = hm.adapt(source)["sales"].set_index("sale_id")
+    assert sales.loc["0100", "category"] == "T-shirt" and sales.loc["0200", "destination"] == "Divided"
 
 
 def test_later_purchases_never_move_a_window(source):
@@ -71,7 +76,7 @@ def test_written_folder_loads_in_the_contract(spark, source, tmp_path):
     assert stats["labelled_photos"] == 2
     tables = load_tables(spark, tmp_path / "data")
     assert tables.row_counts["sales"] == 3 and tables.row_counts["purchases"] == 5
-    assert tables.row_counts["image_labels"] == 3
+    assert tables.row_counts["image_labels"] == 5
     assert (tmp_path / "data" / "images" / "0300.jpg").exists()
 
 

@@ -85,19 +85,33 @@ def test_content_matches_the_dominant_image_theme(hand_context):
     np.testing.assert_allclose(model.score(history([0])) - without, [[1, 0, 1, 0]])
 
 
-def test_content_matches_attributes_predicted_from_the_photos(hand_context):
+def test_content_fills_missing_metadata_with_attributes_predicted_from_the_photos(hand_context):
     import dataclasses
 
-    # s4 has no metadata in a real catalogue's sense here, only a photo predicted "colour=red"
     themes = pd.DataFrame({"t0": [1.0, 1.0, 1.0, 1.0]}, index=["s1", "s2", "s3", "s4"])
-    attributes = pd.DataFrame({"colour": ["red", "blue", None, "red"]}, index=["s1", "s2", "s3", "s4"])
-    catalog = hand_context.catalog.with_themes(themes, attributes)
-    model = ContentBased(price_bands=2).fit(dataclasses.replace(hand_context, catalog=catalog))
-    assert {"photo_colour=red", "photo_colour=blue"} <= set(model.feature_names_)
-    without = ContentBased(price_bands=2).fit(dataclasses.replace(
-        hand_context, catalog=hand_context.catalog.with_themes(themes))).score(history([0]))
-    # a user who visited s1 (red) now also matches s1 and s4 on the predicted colour
-    np.testing.assert_allclose(model.score(history([0])) - without, [[1, 0, 0, 1]])
+    known = hand_context.catalog.sales.set_index("sale_id")
+    # s3 (a hotel, as s1) loses its category: a sale with only a photo, which predicts "hotel".
+    # The other predictions (s1's own photo, colour) must change nothing: known metadata wins
+    # and only attributes named after a content column are matched
+    sales = hand_context.catalog.sales.assign(
+        category=lambda s: s["category"].where(s["sale_id"] != "s3", None))
+    photo_only = dataclasses.replace(hand_context.catalog, sales=sales)
+    predicted = pd.DataFrame({"category": ["something else", None, known.loc["s3", "category"], None],
+                              "colour": ["red", "blue", None, "red"]}, index=["s1", "s2", "s3", "s4"])
+
+    def scores(catalog):
+        model = ContentBased(price_bands=2).fit(dataclasses.replace(hand_context, catalog=catalog))
+        return model, model.score(history([0]))
+
+    model, filled = scores(photo_only.with_themes(themes, predicted))
+    assert not any(name.startswith(("colour", "photo_")) for name in model.feature_names_)
+    _, missing = scores(photo_only.with_themes(themes))
+    _, full = scores(hand_context.catalog.with_themes(themes))
+    # a user who visited s1 matches s3 on the category predicted from s3's photo, exactly as
+    # when s3 had its metadata; without the prediction, s3 scores one group lower
+    assert known.loc["s3", "category"] == known.loc["s1", "category"]
+    np.testing.assert_allclose(filled, full)
+    np.testing.assert_allclose(full - missing, [[0, 0, 1, 0]])
 
 
 def top_k_rows(world, users, k: int) -> int:
