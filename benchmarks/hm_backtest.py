@@ -2,7 +2,7 @@
 
     python benchmarks/hm_backtest.py [--source ../shared/data/hm-sample] [--out /tmp/salerank-hm]
         [--start 2020-08-01] [--end 2020-09-15] [--truth-days 7] [--window-days 28]
-        [--runs images,imagenet,noimages] [--conf FILE]
+        [--runs images,imagenet,noimages] [--conf FILE] [--variant NAME:RUN:FILE ...]
 
 1. ``salerank.adapters.hm`` turns the sample into the data contract (sale windows: the 28
    days after an article's first purchase; see the adapter).
@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+import yaml
 
 from salerank.adapters import hm
 from salerank.conf import load_config
@@ -42,6 +43,8 @@ from salerank.metamodel.evaluation import PER_USER, Resampled, per_user_metrics,
 log = logging.getLogger("salerank")
 
 INTERVAL_METRICS = ("recall", "ndcg", "hit_rate")
+# the published models of a --variant run that are scored, renamed <model>_<variant>
+VARIANT_MODELS = ("metamodel", "content", "image_themes", "visual")
 
 DEFAULT_SOURCE = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "hm-sample"
 
@@ -109,7 +112,7 @@ def published_lists(spark, out: Path, day: dt.date, models: dict | None) -> pd.D
 def fallback_lists(spark, out: Path, runs: dict, day: dt.date, users: list[str]) -> pd.DataFrame:
     """The meta-model's fallback list of the run whose models keep their names (the list a
     user with no history gets), given to every user: strategy ``fallback``."""
-    folder = next((f for f, (_, _, models) in runs.items() if models is None), None)
+    folder = next((f for f, (_, _, models, _) in runs.items() if models is None), None)
     path = out / str(folder) / "fallback" / "model=metamodel" / f"run_date={day}"
     if folder is None or not path.exists():
         return pd.DataFrame()
@@ -141,6 +144,10 @@ def main() -> None:
                         help="backtests to run, of: images (the tagger trained on the articles' "
                              "attributes), imagenet (ImageNet classes as tags: no image_labels), noimages")
     parser.add_argument("--conf", help="YAML configuration merged over conf/default.yaml")
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME:RUN:FILE",
+                        help="also replay RUN (images or noimages) with FILE merged over --conf, "
+                             "its meta-model and its recommenders that FILE adds scored as "
+                             "metamodel_NAME, ... (e.g. gbm:noimages:gbm.yaml); repeatable")
     parser.add_argument("--peers", help="the lists benchmarks/hm_peers.py wrote (Parquet), scored beside ours")
     parser.add_argument("--skip-backtests", action="store_true",
                         help="score the lists already published in OUT (same --runs) instead of replaying")
@@ -161,13 +168,19 @@ def main() -> None:
                 m: f"{m}_imagenet" for m in ("metamodel", "content", "image_themes")}),
             "noimages": ("backtest-noimages", "data", False, {
                 "metamodel": "metamodel_no_images", "content": "content_no_images"})}
-    runs = {runs[w][0]: runs[w][1:] for w in args.runs.split(",")}
-    if "backtest" not in runs:  # compare every model of the first run that is there
-        first = next(iter(runs))
-        runs[first] = runs[first][:2] + (None,)
+    chosen = {runs[w][0]: runs[w][1:] + (None,) for w in args.runs.split(",")}
+    if "backtest" not in chosen:  # compare every model of the first run that is there
+        first = next(iter(chosen))
+        chosen[first] = chosen[first][:2] + (None, None)
+    for variant in args.variant:  # the same data, another configuration: paired with the rest
+        name, run, conf = variant.split(":", 2)
+        chosen[f"backtest-{name}"] = runs[run][1:3] + ({m: f"{m}_{name}" for m in VARIANT_MODELS}, conf)
+    runs = chosen
     seconds, spark = {}, None
-    for folder, (data, with_images, _) in runs.items():
-        config = load_config(args.conf, overrides={"image_labelling": {"enabled": with_images}})
+    for folder, (data, with_images, _, variant_conf) in runs.items():
+        overrides = yaml.safe_load(Path(variant_conf).read_text()) if variant_conf else {}
+        overrides.setdefault("image_labelling", {})["enabled"] = with_images
+        config = load_config(args.conf, overrides=overrides)
         spark = spark or get_spark(config)
         if args.skip_backtests:
             continue
@@ -182,7 +195,7 @@ def main() -> None:
     bought_before = tables["purchases"].groupby("user_id")["ts"].min()
     for day in [args.start + dt.timedelta(days=i) for i in range((args.end - args.start).days + 1)]:
         lists = pd.concat([published_lists(spark, out / folder, day, models)
-                           for folder, (_, _, models) in runs.items()], ignore_index=True)
+                           for folder, (_, _, models, _) in runs.items()], ignore_index=True)
         if lists.empty:
             continue
         truth = truth_for(tables, day, args.truth_days)
@@ -221,11 +234,10 @@ def main() -> None:
                 for s in table.loc[segment].sort_values("ndcg", ascending=False).index}
         print(pd.DataFrame.from_dict(rows, orient="index").to_string())
         metas = [s for s in resampled.strategies if s.startswith("metamodel")]
-        for meta in metas:
-            # against every other list, and the meta-model with images against the one without
-            others = [s for s in resampled.strategies if not s.startswith("metamodel")]
-            if meta != "metamodel_no_images" and "metamodel_no_images" in metas:
-                others.append("metamodel_no_images")
+        for i, meta in enumerate(metas):
+            # against every other list, and against each meta-model after it (images against
+            # none, a variant against the run it varies)
+            others = [s for s in resampled.strategies if not s.startswith("metamodel")] + metas[i + 1:]
             for other in others:
                 diff = resampled.difference(other, meta)
                 print(f"  {meta} - {other}: " + ", ".join(
