@@ -415,6 +415,8 @@ def _train(tables, catalog, prototypes, as_of, config):
     mlflow.set_tag("model_content_version", model.version_)
     if model.kind == "logistic":  # trees have no weights to show
         mlflow.log_dict(model.coefficients_, "metamodel_coefficients.json")
+        if model.fallback_ is not None:  # the weights of the list for users with no history
+            mlflow.log_dict(model.fallback_.coefficients_, "fallback_coefficients.json")
     training_days = sorted(key for key in days if key == cached_day(key))  # not (PAIRS, day)
     examples = pd.concat([days[day] for day in training_days if len(days[day])], ignore_index=True)
     return model, metrics, examples

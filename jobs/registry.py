@@ -72,13 +72,15 @@ def register_metamodel(model: MetaModel, config: dict, alias: str | None = None,
     given, move the alias to it. ``images``: the versions of the tagger and themes its image
     features were computed with, saved in the same run (``image_artefacts.py``)."""
     name = config["registry"]["model_name"]
+    fallback = getattr(model, "fallback_", None)
+    if fallback is not None:  # logged beside it in the same run, loaded with it
+        logged = mlflow.sklearn.log_model(fallback.pipeline_, name="fallback_metamodel", **_SAVED_WITH)
+        fallback = {**_described(fallback), "model_uri": logged.model_uri}
     info = mlflow.sklearn.log_model(
-        model.pipeline_, name="metamodel", registered_model_name=name,
-        pip_requirements=["scikit-learn", "numpy", "salerank"], skops_trusted_types=TRUSTED_TYPES,
-        metadata={"feature_names": model.feature_names, "ranked": list(model.ranked), "C": model.C,
-                  "rank_depth": model.rank_depth, "kind": model.kind, "content_version": model.version_,
-                  "calibration": list(getattr(model, "calibration_", None) or []) or None,
-                  "feature_config": feature_config_hash(config), **({METADATA_KEY: images} if images else {})})
+        model.pipeline_, name="metamodel", registered_model_name=name, **_SAVED_WITH,
+        metadata={**_described(model), "content_version": model.version_,
+                  "feature_config": feature_config_hash(config), **({METADATA_KEY: images} if images else {}),
+                  **({"fallback": fallback} if fallback else {})})
     version = str(info.registered_model_version)
     if alias:
         MlflowClient().set_registered_model_alias(name, alias, version)
@@ -86,6 +88,29 @@ def register_metamodel(model: MetaModel, config: dict, alias: str | None = None,
     else:
         log.info("registered %s version %s (no alias moved)", name, version)
     return RegisteredModel(model, name, version, mlflow.active_run().info.run_id)
+
+
+_SAVED_WITH = {"pip_requirements": ["scikit-learn", "numpy", "salerank"], "skops_trusted_types": TRUSTED_TYPES}
+
+
+def _described(model: MetaModel) -> dict:
+    """What rebuilds ``model`` around its saved pipeline (:func:`_rebuilt`)."""
+    return {"feature_names": model.feature_names, "ranked": list(model.ranked), "C": model.C,
+            "rank_depth": model.rank_depth, "kind": model.kind,
+            "calibration": list(getattr(model, "calibration_", None) or []) or None}
+
+
+def _rebuilt(metadata: dict, model_uri: str) -> MetaModel:
+    """The meta-model :func:`_described` describes, its pipeline loaded from ``model_uri``.
+    A version registered before rank_depth existed was trained on exact ranks (None), one
+    registered before calibration has no ``(slope, intercept)`` (None: its raw sigmoid)."""
+    model = MetaModel(metadata["feature_names"], metadata.get("C", 1.0), tuple(metadata.get("ranked", ())),
+                      metadata.get("rank_depth"), metadata.get("kind", "logistic"))
+    model.pipeline_ = mlflow.sklearn.load_model(model_uri)
+    model.calibration_ = tuple(metadata["calibration"]) if metadata.get("calibration") else None
+    model.fallback_ = _rebuilt(metadata["fallback"], metadata["fallback"]["model_uri"]) \
+        if metadata.get("fallback") else None
+    return model
 
 
 def _alias_holder(name: str, alias: str):
@@ -104,12 +129,7 @@ def _load_version(name: str, version, uri: str) -> tuple[RegisteredModel, dict]:
     if not features:
         raise ConfigError(f"{uri} (version {version.version}) was not registered by salerank: "
                           "its metadata has no feature_names")
-    # a version registered before rank_depth existed was trained on exact ranks (None)
-    model = MetaModel(features, metadata.get("C", 1.0), tuple(metadata.get("ranked", ())),
-                      metadata.get("rank_depth"), metadata.get("kind", "logistic"))
-    model.pipeline_ = mlflow.sklearn.load_model(f"models:/{name}/{version.version}")
-    # (slope, intercept) of the published probability; None: registered before calibration
-    model.calibration_ = tuple(metadata["calibration"]) if metadata.get("calibration") else None
+    model = _rebuilt(metadata, f"models:/{name}/{version.version}")
     return RegisteredModel(model, name, str(version.version), version.run_id), metadata
 
 

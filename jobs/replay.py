@@ -398,8 +398,8 @@ def _metrics_document(overall, daily, cover, k, start, end, truth_days, users, n
             "inactive_users": "buyers with no visit or purchase in the active_lookback_days before "
                               "the day: the night ranks no list for them (with --users all they are "
                               "ranked here anyway); the website shows them the fallback list",
-            FALLBACK: "the meta-model's list for a user with no history (the night's fallback "
-                      "list), given to every buyer",
+            FALLBACK: "the night's fallback list (for a user with no history: the meta-model's "
+                      "non-personal model's ranking), given to every buyer",
             "comparisons": "'B - A': mean of B minus mean of A over the same (user, day) pairs, with "
                            "a paired 95 % interval (each resample applied to both); verdict: B "
                            "'higher' or 'lower' when the interval excludes 0, else 'no detectable "

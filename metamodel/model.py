@@ -43,6 +43,16 @@ class MetaModel:
         ``gbm``: scikit-learn's ``HistGradientBoostingClassifier`` on the same features
         (trees need no transform; ``C`` is then the inverse of its ``l2_regularization``),
         a non-linear alternative measured against the logistic default.
+
+    Attributes
+    ----------
+    pipeline_ : sklearn Pipeline
+        The fitted transform and classifier.
+    calibration_ : tuple of float or None
+        ``(slope, intercept)`` of the published probability (:meth:`calibrate`).
+    fallback_ : MetaModel or None
+        The non-personal model that ranks the list of a user with no history
+        (``training.fit_fallback``); None for a model trained without one.
     """
 
     KINDS = ("logistic", "gbm")
@@ -73,6 +83,7 @@ class MetaModel:
                 LogisticRegression(C=self.C, max_iter=1000))
         self.pipeline_.fit(examples[self.feature_names].to_numpy(dtype=float), labels)
         self.calibration_ = None  # a refit model's log-odds need their own calibration
+        self.fallback_ = None
         return self
 
     @property
@@ -101,6 +112,8 @@ class MetaModel:
             parts.append(self.rank_depth)
         if getattr(self, "calibration_", None) is not None:  # likewise for uncalibrated versions
             parts.append([round(v, 12) for v in self.calibration_])
+        if getattr(self, "fallback_", None) is not None:  # and for models without a fallback
+            parts.append(self.fallback_.version_)
         return "metamodel-" + hashlib.sha256(repr(parts).encode()).hexdigest()[:12]
 
     def predict_proba(self, features: np.ndarray) -> np.ndarray:

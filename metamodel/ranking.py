@@ -152,6 +152,8 @@ def fallback_lists(context, prototypes, model, config, strategies: tuple[str, ..
     """Each strategy's top-k for a user with no history (``strategy, rank, sale_id, score``):
     the night's best non-personal ranking, for the users it ranks no list for (new users, and
     users without activity in ``active_lookback_days``). The same path as every user's list,
-    for the one id no user has."""
+    for the one id no user has; the meta-model's list is ranked by its non-personal model
+    (``MetaModel.fallback_``) when it has one."""
     nobody = context.events.sparkSession.createDataFrame([(FALLBACK_USER,)], "user_id string")
+    model = getattr(model, "fallback_", None) or model
     return rank_users(context, prototypes, model, nobody, config, None, strategies, fitted).drop("user_id")

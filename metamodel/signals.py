@@ -13,23 +13,13 @@ import functools
 import numpy as np
 
 from ..features.history import AUDIENCE_WINDOWS
-from ..recommenders.base import Recommender, UserHistory
+from ..recommenders.base import Recommender, SameForEveryUser, UserHistory
 
 NO_HISTORY_DAYS = 365.0  # recency of a user with no history
 
 
 def _days(dates, as_of) -> np.ndarray:
     return np.array([(as_of - d).days for d in dates], dtype=float)
-
-
-class SameForEveryUser(Recommender):
-    """A signal of the open sales alone: ``fit`` sets ``values_`` (one per open sale), and every
-    user's row is that row (broadcast, not copied: ranked and transformed once per block)."""
-
-    values_: np.ndarray
-
-    def score(self, history: UserHistory) -> np.ndarray:
-        return np.broadcast_to(self.values_, (len(history), len(self.values_)))
 
 
 class OfTheUsersOwnHistory(Recommender):

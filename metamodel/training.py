@@ -224,9 +224,32 @@ def fit_metamodel(tables, catalog, prototypes, as_of, config, cache: dict | None
         model.log_odds(pairs[features].to_numpy(dtype=float))), pairs)
     metrics.update({"calibration_slope": model.calibration_[0], "calibration_intercept": model.calibration_[1],
                     "calibration_pairs": check["pairs"], "calibration_purchases": check["observed_purchases"]})
+    shared = [s for s in scorers if not s.personal]
+    if shared:
+        model.fallback_, fallback_metrics = fit_fallback(examples, shared, ranked, pairs, settings, config["top_k"])
+        metrics.update(fallback_metrics)
     log.info("meta-model %s trained on %d examples: %s", model.version_, len(examples),
              ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
     return model, metrics, report
+
+
+def fit_fallback(examples: pd.DataFrame, shared: list[Recommender], ranked: tuple[str, ...],
+                 pairs: pd.DataFrame, settings: dict, k: int) -> tuple[MetaModel, dict]:
+    """The non-personal meta-model: the same kind, examples, tuning and calibration as the
+    meta-model, on the features that are the same for every user (popularity, the sales'
+    days open and audience, ...). It ranks the fallback list of a user with no history: the
+    full meta-model's weights are learnt where personal scores carry the ranking, and given
+    none (every sale tied first on each personal rank) they ranked worse than popularity
+    alone on the world. Returns it with its metrics (``fallback_*``)."""
+    names = {s.name for s in shared}
+    shared_ranked = tuple(n for n in ranked if n in names)
+    features = feature_names(shared, shared_ranked)
+    fallback, metrics, _ = train_metamodel(
+        examples, features, shared_ranked, _candidates(settings["C"]), _candidates(settings["negative_ratios"]),
+        settings["validation_days"], settings["rank_depth"], k, settings["kind"])
+    fallback.calibrate(pairs)
+    kept = ("validation_ndcg", "validation_auc", "chosen_C", "chosen_negative_ratio")
+    return fallback, {f"fallback_{name}": metrics[name] for name in kept if name in metrics}
 
 
 PAIRS = "pairs"  # cache key ``(PAIRS, day)``: a day's calibration pairs; a plain day: its examples

@@ -99,6 +99,7 @@ class Recommender(ABC):
     """
 
     name: str = "recommender"
+    personal: bool = True  # scores depend on the user's history (False: the same for everyone)
 
     @abstractmethod
     def fit(self, context: ScoringContext) -> Recommender:
@@ -116,3 +117,14 @@ class Recommender(ABC):
         has some must leave it out of what is pickled.
         """
         return None
+
+
+class SameForEveryUser(Recommender):
+    """Scores of the open sales alone: ``fit`` sets ``values_`` (one per open sale), and every
+    user's row is that row (broadcast, not copied: ranked and transformed once per block)."""
+
+    personal = False
+    values_: np.ndarray
+
+    def score(self, history: UserHistory) -> np.ndarray:
+        return np.broadcast_to(self.values_, (len(history), len(self.values_)))

@@ -4,10 +4,10 @@ from __future__ import annotations
 import numpy as np
 from pyspark.sql import functions as F
 
-from .base import Recommender, UserHistory
+from .base import SameForEveryUser
 
 
-class Popularity(Recommender):
+class Popularity(SameForEveryUser):
     """Score of an open sale = distinct users who visited or bought it in the
     ``window_days`` days before the scoring day; the same for every user."""
 
@@ -21,10 +21,7 @@ class Popularity(Recommender):
                   .filter(F.col("sale_idx").isin([int(i) for i in context.open_idx]))
                   .groupBy("sale_idx").agg(F.countDistinct("user_id").alias("users"))
                   .toPandas())
-        self.scores_ = np.zeros(len(context.open_idx))
+        self.values_ = np.zeros(len(context.open_idx))
         # open_idx is sorted, so searchsorted maps a sale index to its column.
-        self.scores_[np.searchsorted(context.open_idx, counts["sale_idx"])] = counts["users"]
+        self.values_[np.searchsorted(context.open_idx, counts["sale_idx"])] = counts["users"]
         return self
-
-    def score(self, history: UserHistory) -> np.ndarray:
-        return np.broadcast_to(self.scores_, (len(history), len(self.scores_)))

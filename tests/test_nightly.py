@@ -20,6 +20,7 @@ from salerank.jobs.cli import main
 from salerank.jobs.experiments import parse_experiments, variant_of
 from salerank.jobs.pipeline import run_nightly, run_training
 from salerank.jobs.publish import content_checksum
+from salerank.jobs.registry import load_metamodel
 from salerank.world import truth_metrics
 
 pytestmark = pytest.mark.slow
@@ -147,8 +148,21 @@ def test_a_fallback_list_is_published_for_users_without_one(spark, world, night,
     expected = sorted(users.index, key=lambda sale: (-users[sale], sale))[:10]
     assert lists["popularity"].sale_id.tolist() == expected
     assert lists["popularity"].score.tolist() == [float(users[s]) for s in expected]
-    # the meta-model's list for nobody is its own: not the popularity order
-    assert lists["metamodel"].sale_id.tolist() != expected
+    # the meta-model's list for nobody is its non-personal model's ranking, registered with it:
+    # popularity, days open and days left of the open sales (and popularity's rank), by hand
+    mlflow.set_tracking_uri(f"sqlite:///{out / 'mlflow.db'}")
+    trained_on = mlflow.models.get_model_info("models:/salerank-metamodel@champion").metadata["feature_names"]
+    fallback_model = load_metamodel(night_config, trained_on).model.fallback_
+    assert fallback_model.feature_names == ["popularity", "days_open", "days_left", "rank_popularity"]
+    sales = world.sales.set_index("sale_id").loc[sorted(open_sales)]
+    counts = users.to_numpy(dtype=float)[None, :]
+    features = {"popularity": counts, "rank_popularity": None,
+                "days_open": np.array([[(day - dt.date.fromisoformat(str(d))).days for d in sales.open_date]], float),
+                "days_left": np.array([[(dt.date.fromisoformat(str(d)) - day).days for d in sales.close_date]], float)}
+    probability = fallback_model.score_blocks({k: v for k, v in features.items() if v is not None})[0]
+    order = sorted(range(len(sales)), key=lambda j: (-probability[j], sales.index[j]))[:10]
+    assert lists["metamodel"].sale_id.tolist() == list(sales.index[order])
+    np.testing.assert_allclose(lists["metamodel"].score, probability[order], rtol=1e-9)
     folder = out / "exports" / f"run_date={day}" / "meta-vs-pop"
     lines = [json.loads(line) for line in (folder / "fallback.jsonl").read_text().splitlines()]
     assert [(line["variant"], line["strategy"], line["fallback"]) for line in lines] == [
@@ -214,6 +228,10 @@ def test_training_is_recorded_and_registered_in_mlflow(trained):
     assert (chosen.C.item(), chosen.negative_ratio.item()) == (logged["chosen_C"], logged["chosen_negative_ratio"])
     features = len(mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/metamodel_coefficients.json")) - 1
     assert features == 6 + 3 + 6  # six recommenders' scores, three signals (no recency), six ranks
+    # the fallback list's model: popularity and the two signals that are the same for every user
+    fallback = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/fallback_coefficients.json")
+    assert set(fallback) == {"popularity", "days_open", "days_left", "rank_popularity", "intercept"}
+    assert logged["fallback_validation_ndcg"] > 0
     version = mlflow.MlflowClient().get_model_version_by_alias("salerank-metamodel", "champion")
     assert str(version.version) == "1" and version.run_id == run.info.run_id
     loaded = mlflow.sklearn.load_model("models:/salerank-metamodel@champion")

@@ -20,9 +20,9 @@ def test_only_events_before_the_day_are_seen(hand_context):
 
 def test_popularity_counts_distinct_recent_users(hand_context):
     model = Popularity(window_days=7).fit(hand_context)
-    np.testing.assert_array_equal(model.scores_, [2, 2, 2, 0])
+    np.testing.assert_array_equal(model.values_, [2, 2, 2, 0])
     # [Jan 3, Jan 5): u2 bought s2 and visited s3, u3 visited s3
-    assert Popularity(window_days=2).fit(hand_context).scores_.tolist() == [0, 1, 2, 0]
+    assert Popularity(window_days=2).fit(hand_context).values_.tolist() == [0, 1, 2, 0]
 
 
 def test_item_cf_sums_cosine_similarities(hand_context):
