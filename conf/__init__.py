@@ -59,7 +59,8 @@ _POSITIVE = ("top_k", "active_lookback_days", "spark.shuffle_partitions", "spark
              "metamodel.negatives_per_purchase", "metamodel.calibration_pairs")
 _NON_NEGATIVE = ("report.sample_users",)
 _NULL_OR_NON_NEGATIVE = ("max_data_lag_days",)
-_NULL_OR_POSITIVE = ("metamodel.rank_depth", "rules.max_per_destination", "rules.max_per_category")
+_NULL_OR_POSITIVE = ("metamodel.rank_depth", "rules.max_per_destination", "rules.max_per_category",
+                     "image_labelling.similar_sales_exact_max")
 
 
 def _setting(config: dict, key: str):

@@ -232,7 +232,8 @@ def _nightly(spark, data_dir, run_date, out_dir, config, keep_rankings, night) -
                                        F.lit(registered.label).alias("model_version")))
             rows = night.write_parquet(recommendations, "recommendations")["rows"]
             if catalog.embeddings is not None and n_open:  # "you may also like", by the photos
-                similar = similar_open_sales(catalog, context.open_idx)
+                similar = similar_open_sales(catalog, context.open_idx, exact_max=config["image_labelling"][
+                    "similar_sales_exact_max"], seed=config["seed"])
                 night.write_parquet(spark.createDataFrame(similar, SIMILAR_SCHEMA), "similar_sales")
             version = F.when(F.col("strategy") == METAMODEL, F.lit(registered.label))
             fallback_rows = night.write_parquet(fallback.select(

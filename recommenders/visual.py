@@ -9,10 +9,15 @@ with the weights of ``UserHistory.weighted`` (a visit ``visit_weight``, a purcha
 """
 from __future__ import annotations
 
+import importlib.util
+import logging
+
 import numpy as np
 import pandas as pd
 
 from .base import Recommender, UserHistory
+
+log = logging.getLogger("salerank")
 
 
 class VisualSimilarity(Recommender):
@@ -39,12 +44,16 @@ class VisualSimilarity(Recommender):
         return (profile @ self.open_embeddings_).astype(np.float64)
 
 
-def similar_open_sales(catalog, open_idx: np.ndarray, n: int = 10) -> pd.DataFrame:
-    """For each open sale with photos, its ``n`` most similar other open sales by the cosine of
-    their embeddings (exact: one open x open product), best first, ties by sale_id:
-    ``sale_id, rank, similar_sale_id, similarity``."""
-    from ..metamodel.ranking import top_k
+EXACT_BLOCK = 1024  # rows of the exact search scored at a time: memory 1024 x open sales
 
+
+def similar_open_sales(catalog, open_idx: np.ndarray, n: int = 10, exact_max: int | None = None,
+                       seed: int = 0) -> pd.DataFrame:
+    """For each open sale with photos, its ``n`` most similar other open sales by the cosine of
+    their embeddings, best first, ties by sale_id: ``sale_id, rank, similar_sale_id,
+    similarity``. Exact (blocks of the open x open product) up to ``exact_max`` open sales with
+    photos (None: always); beyond it :func:`approximate_neighbours` finds the candidates, whose
+    cosines are then computed exactly."""
     columns = ["sale_id", "rank", "similar_sale_id", "similarity"]
     vectors = catalog.embeddings[open_idx].astype(np.float64)
     has_photo = np.linalg.norm(vectors, axis=1) > 0
@@ -52,10 +61,68 @@ def similar_open_sales(catalog, open_idx: np.ndarray, n: int = 10) -> pd.DataFra
     vectors = vectors[has_photo]
     if len(ids) < 2:
         return pd.DataFrame(columns=columns)
-    similarity = vectors @ vectors.T
-    np.fill_diagonal(similarity, -np.inf)  # not itself
-    best = top_k(similarity, min(n, len(ids) - 1))
+    k = min(n, len(ids) - 1)
+    approximate = exact_max is not None and len(ids) > exact_max
+    if approximate and importlib.util.find_spec("faiss") is None:
+        log.warning("similar_sales: %d open sales with photos, above image_labelling.similar_sales_exact_max "
+                    "(%d), but faiss is not installed (pip install faiss-cpu): searching exactly", len(ids), exact_max)
+        approximate = False
+    best = approximate_neighbours(vectors, k, seed) if approximate else exact_neighbours(vectors, k)
     rows = np.repeat(np.arange(len(ids)), best.shape[1])
     return pd.DataFrame({"sale_id": ids[rows], "rank": np.tile(np.arange(1, best.shape[1] + 1), len(ids)),
                          "similar_sale_id": ids[best.ravel()],
-                         "similarity": similarity[rows, best.ravel()]})[columns]
+                         "similarity": _inner_products(vectors, best).ravel()})[columns]
+
+
+def _inner_products(vectors: np.ndarray, neighbours: np.ndarray) -> np.ndarray:
+    """``rows x k``: each row's inner product with each of its ``neighbours`` (-1: none, -inf),
+    one column at a time (never a rows x k x dimensions copy)."""
+    out = np.full(neighbours.shape, -np.inf)
+    for j in range(neighbours.shape[1]):
+        found = neighbours[:, j] >= 0
+        out[found, j] = np.einsum("id,id->i", vectors[found], vectors[neighbours[found, j]])
+    return out
+
+
+def exact_neighbours(vectors: np.ndarray, k: int) -> np.ndarray:
+    """Each row's ``k`` nearest other rows by inner product, best first, ties to the lower row:
+    ``EXACT_BLOCK`` rows against all at a time, so memory stays bounded."""
+    return exact_neighbours_of(vectors, np.arange(len(vectors)), k)
+
+
+def exact_neighbours_of(vectors: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
+    """:func:`exact_neighbours` of ``rows`` only."""
+    from ..metamodel.ranking import top_k
+
+    parts = [np.zeros((0, k), np.int64)]
+    for start in range(0, len(rows), EXACT_BLOCK):
+        these = rows[start:start + EXACT_BLOCK]
+        block = vectors[these] @ vectors.T
+        block[np.arange(len(these)), these] = -np.inf  # not itself
+        parts.append(top_k(block, k))
+    return np.concatenate(parts)
+
+
+def approximate_neighbours(vectors: np.ndarray, k: int, seed: int = 0, probe_share: float = 1 / 8) -> np.ndarray:
+    """Each row's ``k`` nearest other rows found by faiss (``pip install faiss-cpu``): an
+    inverted file of ``sqrt(n)`` k-means cells (seeded), each row searched in the
+    ``probe_share`` of the cells nearest to it, exact within them; ordered by exact inner
+    product, ties to the lower row. Deterministic for the same vectors and seed."""
+    import faiss
+
+    x = np.ascontiguousarray(vectors, dtype=np.float32)
+    cells = max(1, int(np.sqrt(len(x))))
+    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(x.shape[1]), x.shape[1], cells, faiss.METRIC_INNER_PRODUCT)
+    index.cp.seed = seed
+    index.train(x)
+    index.add(x)
+    index.nprobe = max(1, int(cells * probe_share))
+    _, found = index.search(x, k + 1)
+    candidates = np.where(found == np.arange(len(x))[:, None], -1, found)  # not itself
+    exact = _inner_products(vectors, candidates)
+    order = np.lexsort((candidates, -exact), axis=1)[:, :k]
+    best = np.take_along_axis(candidates, order, axis=1)
+    short = np.flatnonzero((best < 0).any(axis=1))  # cells too small to hold k others
+    if len(short):
+        best[short] = exact_neighbours_of(vectors, short, k)
+    return best

@@ -221,3 +221,32 @@ def test_visual_similarity_sums_cosines_to_what_the_user_saw_and_similar_sales_a
     assert similar[similar.sale_id == "s3"].similar_sale_id.tolist() == ["s1", "s2"]  # ties (0, 0) by sale_id
     assert "s4" not in set(similar.sale_id) | set(similar.similar_sale_id)
     np.testing.assert_allclose(similar[similar.sale_id == "s2"].similarity, [0.8, 0.0], atol=1e-6)
+    # past similar_sales_exact_max the approximate search runs: one cell here, so the same answer
+    pd.testing.assert_frame_equal(similar_open_sales(catalog, hand_context.open_idx, n=2, exact_max=1), similar)
+
+
+def test_similar_sales_search_blockwise_exactly_and_approximately_finds_the_same_neighbours():
+    from salerank.metamodel.ranking import top_k
+    from salerank.recommenders import visual
+
+    # 40 clusters of photos (a scene each), more sales than one exact block
+    rng = np.random.default_rng(3)
+    centres = rng.standard_normal((40, 64))
+    x = centres[rng.integers(0, 40, 2500)] + 0.5 * rng.standard_normal((2500, 64))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    assert len(x) > visual.EXACT_BLOCK
+    whole = x @ x.T
+    np.fill_diagonal(whole, -np.inf)
+    exact = visual.exact_neighbours(x, 10)
+    np.testing.assert_array_equal(exact, top_k(whole, 10))  # blocks change nothing
+    found = visual.approximate_neighbours(x, 10, seed=0, probe_share=1 / 4)
+    np.testing.assert_array_equal(found, visual.approximate_neighbours(x, 10, seed=0, probe_share=1 / 4))
+    assert (found >= 0).all() and not (found == np.arange(len(x))[:, None]).any()
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, exact)])
+    assert recall > 0.95
+    # and its neighbours are ordered by their exact cosine, best first
+    cosines = np.take_along_axis(whole, found, axis=1)
+    assert (np.diff(cosines, axis=1) <= 1e-12).all()
+    # probing few cells finds fewer of them: the recall above is measured, not given
+    few = visual.approximate_neighbours(x, 10, seed=0, probe_share=1 / 50)
+    assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(few, exact)]) < recall
