@@ -171,6 +171,13 @@ def test_backtest_command_refuses_an_inverted_range(world_dir, tmp_path, capsys)
     assert not (tmp_path / "metrics.json").exists()
 
 
+def test_the_fallback_list_can_be_compared_like_any_model():
+    from salerank.jobs.replay import comparison_pairs
+
+    assert comparison_pairs(["popularity"], [["popularity", "fallback"]]) == [
+        ("popularity", "metamodel"), ("fallback", "metamodel"), ("popularity", "fallback")]
+
+
 def test_backtest_command_refuses_an_unknown_model_to_compare(world_dir, tmp_path, capsys):
     code = main(["backtest", "--data", str(world_dir / "data"), "--start", "2025-02-01",
                  "--end", "2025-02-02", "--out", str(tmp_path), "--compare", "popularity", "contnet"])
