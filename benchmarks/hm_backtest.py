@@ -146,7 +146,7 @@ def main() -> None:
     parser.add_argument("--conf", help="YAML configuration merged over conf/default.yaml")
     parser.add_argument("--variant", action="append", default=[], metavar="NAME:RUN:FILE",
                         help="also replay RUN (images or noimages) with FILE merged over --conf, "
-                             "its meta-model and its recommenders that FILE adds scored as "
+                             "its meta-model, content, image_themes and visual lists scored as "
                              "metamodel_NAME, ... (e.g. gbm:noimages:gbm.yaml); repeatable")
     parser.add_argument("--peers", help="the lists benchmarks/hm_peers.py wrote (Parquet), scored beside ours")
     parser.add_argument("--skip-backtests", action="store_true",
@@ -174,11 +174,13 @@ def main() -> None:
         chosen[first] = chosen[first][:2] + (None, None)
     for variant in args.variant:  # the same data, another configuration: paired with the rest
         name, run, conf = variant.split(":", 2)
+        if f"backtest-{name}" in chosen or run not in ("images", "noimages"):
+            parser.error(f"--variant {variant}: a new NAME, and RUN one of images, noimages")
         chosen[f"backtest-{name}"] = runs[run][1:3] + ({m: f"{m}_{name}" for m in VARIANT_MODELS}, conf)
     runs = chosen
     seconds, spark = {}, None
     for folder, (data, with_images, _, variant_conf) in runs.items():
-        overrides = yaml.safe_load(Path(variant_conf).read_text()) if variant_conf else {}
+        overrides = (yaml.safe_load(Path(variant_conf).read_text()) or {}) if variant_conf else {}
         overrides.setdefault("image_labelling", {})["enabled"] = with_images
         config = load_config(args.conf, overrides=overrides)
         spark = spark or get_spark(config)
@@ -234,10 +236,13 @@ def main() -> None:
                 for s in table.loc[segment].sort_values("ndcg", ascending=False).index}
         print(pd.DataFrame.from_dict(rows, orient="index").to_string())
         metas = [s for s in resampled.strategies if s.startswith("metamodel")]
-        for i, meta in enumerate(metas):
-            # against every other list, and against each meta-model after it (images against
-            # none, a variant against the run it varies)
-            others = [s for s in resampled.strategies if not s.startswith("metamodel")] + metas[i + 1:]
+        # the runs' meta-models the others are read against: without images, then the first run
+        references = [m for m in ("metamodel_no_images", "metamodel") if m in metas]
+        for meta in metas:
+            # against every other list, and against each reference before it (images against
+            # none, a variant against both)
+            others = [s for s in resampled.strategies if not s.startswith("metamodel")]
+            others += [r for r in references[:references.index(meta) if meta in references else None]]
             for other in others:
                 diff = resampled.difference(other, meta)
                 print(f"  {meta} - {other}: " + ", ".join(

@@ -4,7 +4,7 @@
 
 For each number of open sales with photos: the exact search (``exact_neighbours``: blocks of
 the open x open product) and the approximate one (``approximate_neighbours``: a faiss inverted
-file, at several shares of its cells probed), timed in the same run, and the approximate
+file, searching several numbers of its cells per sale), timed in the same run, and the approximate
 one's recall of the exact 10 nearest. The embeddings are real photos' (the rank-1 rows of an
 image cache written with ``image_labelling.visual_similarity: true``, e.g. an H&M backtest's),
 each drawn once and then, past the cache's size, again with 5 % noise; without ``--cache``, a
@@ -21,7 +21,7 @@ import numpy as np
 
 from salerank.recommenders.visual import approximate_neighbours, exact_neighbours
 
-PROBE_SHARES = (1 / 4, 1 / 16, 1 / 64)
+PROBES = (8, 32, 128)  # cells searched per sale
 
 
 def cached_embeddings(path: str) -> np.ndarray:
@@ -60,16 +60,16 @@ def main() -> None:
     base = cached_embeddings(args.cache) if args.cache else None
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores; embeddings: "
           f"{'%d real photos' % len(base) if base is not None else 'Gaussian mixture'}")
-    print("open sales | exact s | " + " | ".join(f"faiss 1/{round(1 / p)}: s, recall, x faster" for p in PROBE_SHARES))
+    print("open sales | exact s | " + " | ".join(f"faiss {p} cells: s, recall, x faster" for p in PROBES))
     for n in map(int, args.sizes.split(",")):
         x = sample(base, n, rng)
         start = time.perf_counter()
         exact = exact_neighbours(x, args.k)
         exact_s = time.perf_counter() - start
         cells = []
-        for share in PROBE_SHARES:
+        for probes in PROBES:
             start = time.perf_counter()
-            found = approximate_neighbours(x, args.k, seed=0, probe_share=share)
+            found = approximate_neighbours(x, args.k, seed=0, probes=probes)
             seconds = time.perf_counter() - start
             recall = np.mean([len(set(a) & set(b)) / args.k for a, b in zip(found, exact)])
             cells.append(f"{seconds:.2f}, {recall:.3f}, {exact_s / seconds:.1f}x")

@@ -202,6 +202,13 @@ def _candidates(value) -> tuple:
     return tuple(value) if isinstance(value, (list, tuple)) else (value,)
 
 
+def _tuned(examples, features, ranked, settings: dict, k: int):
+    """:func:`train_metamodel` with the grid and options of ``settings`` (``config['metamodel']``)."""
+    return train_metamodel(examples, features, ranked, _candidates(settings["C"]),
+                           _candidates(settings["negative_ratios"]), settings["validation_days"],
+                           settings["rank_depth"], k, settings["kind"])
+
+
 def fit_metamodel(tables, catalog, prototypes, as_of, config, cache: dict | None = None):
     """The meta-model for ``as_of``, trained on the days before it: the model, its metrics
     and the tuning report (validation grid, reliability table)."""
@@ -213,10 +220,7 @@ def fit_metamodel(tables, catalog, prototypes, as_of, config, cache: dict | None
                                  config["spark"]["scoring_partitions"], cache, ranked,
                                  settings["rank_depth"])
     features = feature_names(scorers, ranked)
-    model, metrics, report = train_metamodel(
-        examples, features, ranked, _candidates(settings["C"]),
-        _candidates(settings["negative_ratios"]), settings["validation_days"], settings["rank_depth"],
-        config["top_k"], settings["kind"])
+    model, metrics, report = _tuned(examples, features, ranked, settings, config["top_k"])
     validation = [as_of - dt.timedelta(days=d) for d in range(settings["validation_days"], 0, -1)]
     pairs = calibration_pairs(tables, catalog, scorers, features, validation, config, cache)
     model.calibrate(pairs)
@@ -240,13 +244,13 @@ def fit_fallback(examples: pd.DataFrame, shared: list[Recommender], ranked: tupl
     days open and audience, ...). It ranks the fallback list of a user with no history: the
     full meta-model's weights are learnt where personal scores carry the ranking, and given
     none (every sale tied first on each personal rank) they ranked worse than popularity
-    alone on the world. Returns it with its metrics (``fallback_*``)."""
+    alone on the world. Its probability is calibrated on the same pairs, those of the active
+    users: what an active user does with that list, not a measured rate of new users. Returns
+    it with its metrics (``fallback_*``)."""
     names = {s.name for s in shared}
     shared_ranked = tuple(n for n in ranked if n in names)
     features = feature_names(shared, shared_ranked)
-    fallback, metrics, _ = train_metamodel(
-        examples, features, shared_ranked, _candidates(settings["C"]), _candidates(settings["negative_ratios"]),
-        settings["validation_days"], settings["rank_depth"], k, settings["kind"])
+    fallback, metrics, _ = _tuned(examples, features, shared_ranked, settings, k)
     fallback.calibrate(pairs)
     kept = ("validation_ndcg", "validation_auc", "chosen_C", "chosen_negative_ratio")
     return fallback, {f"fallback_{name}": metrics[name] for name in kept if name in metrics}

@@ -44,7 +44,8 @@ class VisualSimilarity(Recommender):
         return (profile @ self.open_embeddings_).astype(np.float64)
 
 
-EXACT_BLOCK = 1024  # rows of the exact search scored at a time: memory 1024 x open sales
+APPROXIMATE_PROBES = 32  # cells searched per sale by the approximate search (benchmarks/similar_sales.py)
+BLOCK_CELLS = 1 << 24  # similarities held at a time (128 MB of float64): rows per block = this / sales
 
 
 def similar_open_sales(catalog, open_idx: np.ndarray, n: int = 10, exact_max: int | None = None,
@@ -74,19 +75,28 @@ def similar_open_sales(catalog, open_idx: np.ndarray, n: int = 10, exact_max: in
                          "similarity": _inner_products(vectors, best).ravel()})[columns]
 
 
+def _block_rows(n: int, width: int) -> int:
+    """Rows per block so that a block of ``width`` numbers per row holds ``BLOCK_CELLS``."""
+    return max(1, BLOCK_CELLS // max(1, width))
+
+
 def _inner_products(vectors: np.ndarray, neighbours: np.ndarray) -> np.ndarray:
     """``rows x k``: each row's inner product with each of its ``neighbours`` (-1: none, -inf),
-    one column at a time (never a rows x k x dimensions copy)."""
+    a block of rows at a time (never more than ``BLOCK_CELLS`` copied numbers)."""
     out = np.full(neighbours.shape, -np.inf)
-    for j in range(neighbours.shape[1]):
-        found = neighbours[:, j] >= 0
-        out[found, j] = np.einsum("id,id->i", vectors[found], vectors[neighbours[found, j]])
+    step = _block_rows(len(vectors), vectors.shape[1] * neighbours.shape[1])
+    for start in range(0, len(vectors), step):
+        rows = slice(start, start + step)
+        found = neighbours[rows] >= 0
+        others = vectors[np.where(found, neighbours[rows], 0)]  # rows x k x dimensions, bounded
+        products = np.einsum("ikd,id->ik", others, vectors[rows])
+        out[rows] = np.where(found, products, -np.inf)
     return out
 
 
 def exact_neighbours(vectors: np.ndarray, k: int) -> np.ndarray:
     """Each row's ``k`` nearest other rows by inner product, best first, ties to the lower row:
-    ``EXACT_BLOCK`` rows against all at a time, so memory stays bounded."""
+    a block of rows against all at a time, each block ``BLOCK_CELLS`` similarities."""
     return exact_neighbours_of(vectors, np.arange(len(vectors)), k)
 
 
@@ -95,19 +105,22 @@ def exact_neighbours_of(vectors: np.ndarray, rows: np.ndarray, k: int) -> np.nda
     from ..metamodel.ranking import top_k
 
     parts = [np.zeros((0, k), np.int64)]
-    for start in range(0, len(rows), EXACT_BLOCK):
-        these = rows[start:start + EXACT_BLOCK]
+    step = _block_rows(len(vectors), len(vectors))
+    for start in range(0, len(rows), step):
+        these = rows[start:start + step]
         block = vectors[these] @ vectors.T
         block[np.arange(len(these)), these] = -np.inf  # not itself
         parts.append(top_k(block, k))
     return np.concatenate(parts)
 
 
-def approximate_neighbours(vectors: np.ndarray, k: int, seed: int = 0, probe_share: float = 1 / 8) -> np.ndarray:
+def approximate_neighbours(vectors: np.ndarray, k: int, seed: int = 0, probes: int = APPROXIMATE_PROBES) -> np.ndarray:
     """Each row's ``k`` nearest other rows found by faiss (``pip install faiss-cpu``): an
-    inverted file of ``sqrt(n)`` k-means cells (seeded), each row searched in the
-    ``probe_share`` of the cells nearest to it, exact within them; ordered by exact inner
-    product, ties to the lower row. Deterministic for the same vectors and seed."""
+    inverted file of ``sqrt(n)`` k-means cells (seeded), each row searched in the ``probes``
+    cells nearest to it, exact within them (about ``probes * sqrt(n)`` rows per row instead of
+    ``n``); ordered by exact inner product, ties to the lower row. The same vectors and seed
+    give the same neighbours on one machine (faiss picks its SIMD kernels by CPU, so the last
+    bits of a cell's assignment may differ on another)."""
     import faiss
 
     x = np.ascontiguousarray(vectors, dtype=np.float32)
@@ -116,7 +129,7 @@ def approximate_neighbours(vectors: np.ndarray, k: int, seed: int = 0, probe_sha
     index.cp.seed = seed
     index.train(x)
     index.add(x)
-    index.nprobe = max(1, int(cells * probe_share))
+    index.nprobe = min(cells, probes)
     _, found = index.search(x, k + 1)
     candidates = np.where(found == np.arange(len(x))[:, None], -1, found)  # not itself
     exact = _inner_products(vectors, candidates)

@@ -225,22 +225,23 @@ def test_visual_similarity_sums_cosines_to_what_the_user_saw_and_similar_sales_a
     pd.testing.assert_frame_equal(similar_open_sales(catalog, hand_context.open_idx, n=2, exact_max=1), similar)
 
 
-def test_similar_sales_search_blockwise_exactly_and_approximately_finds_the_same_neighbours():
+def test_similar_sales_search_blockwise_exactly_and_approximately_finds_the_same_neighbours(monkeypatch):
     from salerank.metamodel.ranking import top_k
     from salerank.recommenders import visual
 
-    # 40 clusters of photos (a scene each), more sales than one exact block
+    # 40 clusters of photos (a scene each), in blocks of 300 rows
+    monkeypatch.setattr(visual, "BLOCK_CELLS", 300 * 2500)
     rng = np.random.default_rng(3)
     centres = rng.standard_normal((40, 64))
     x = centres[rng.integers(0, 40, 2500)] + 0.5 * rng.standard_normal((2500, 64))
     x /= np.linalg.norm(x, axis=1, keepdims=True)
-    assert len(x) > visual.EXACT_BLOCK
+    assert visual._block_rows(len(x), len(x)) == 300
     whole = x @ x.T
     np.fill_diagonal(whole, -np.inf)
     exact = visual.exact_neighbours(x, 10)
     np.testing.assert_array_equal(exact, top_k(whole, 10))  # blocks change nothing
-    found = visual.approximate_neighbours(x, 10, seed=0, probe_share=1 / 4)
-    np.testing.assert_array_equal(found, visual.approximate_neighbours(x, 10, seed=0, probe_share=1 / 4))
+    found = visual.approximate_neighbours(x, 10, seed=0, probes=12)
+    np.testing.assert_array_equal(found, visual.approximate_neighbours(x, 10, seed=0, probes=12))
     assert (found >= 0).all() and not (found == np.arange(len(x))[:, None]).any()
     recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, exact)])
     assert recall > 0.95
@@ -248,5 +249,5 @@ def test_similar_sales_search_blockwise_exactly_and_approximately_finds_the_same
     cosines = np.take_along_axis(whole, found, axis=1)
     assert (np.diff(cosines, axis=1) <= 1e-12).all()
     # probing few cells finds fewer of them: the recall above is measured, not given
-    few = visual.approximate_neighbours(x, 10, seed=0, probe_share=1 / 50)
+    few = visual.approximate_neighbours(x, 10, seed=0, probes=1)
     assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(few, exact)]) < recall
