@@ -25,12 +25,12 @@ PROBES = (8, 32, 128)  # cells searched per sale
 
 
 def cached_embeddings(path: str) -> np.ndarray:
-    from salerank.jobs.spark import get_spark
-    from salerank.conf import load_config
+    """The embeddings of an image cache (a Parquet folder or URI pyarrow reads), one per photo."""
+    import pyarrow.parquet as pq
 
-    spark = get_spark(load_config())
-    rows = spark.read.parquet(path).filter("embedding is not null").select("embedding").toPandas()
-    return np.stack([np.frombuffer(b, dtype=np.float16) for b in rows["embedding"]]).astype(np.float64)
+    cache = pq.read_table(path, columns=["content_hash", "embedding"]).to_pandas()
+    photos = cache.dropna(subset=["embedding"]).drop_duplicates("content_hash")  # one per photo
+    return np.stack([np.frombuffer(b, dtype=np.float16) for b in photos["embedding"]]).astype(np.float64)
 
 
 def mixture(n: int, rng: np.random.Generator, d: int = 1280, clusters: int = 64) -> np.ndarray:
