@@ -241,6 +241,10 @@ def judge_promotion(model: MetaModel, examples: pd.DataFrame, metrics: dict, con
                                            "on the validation days): nothing shows it is not worse")
         else:
             champion_ndcg, _ = validation_ndcg(registered.model, validation, k)
+            if registered.model.fallback_ is not None and model.fallback_ is None:
+                log.warning("%s ranks its fallback list with a non-personal twin and this version has "
+                            "none (no feature is the same for every user): its fallback list would be "
+                            "the personal model's, which ranked worse than popularity on the world", champion)
             fitted_days = _days_fitted_on(holder.run_id, sorted(validation["day"].unique()))
             if fitted_days:
                 log.warning("%s was fitted on %d of the %d validation days: its score there is optimistic, "
