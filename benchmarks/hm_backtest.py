@@ -150,7 +150,8 @@ def main() -> None:
                              "metamodel_NAME, ... (e.g. gbm:noimages:gbm.yaml); repeatable")
     parser.add_argument("--peers", help="the lists benchmarks/hm_peers.py wrote (Parquet), scored beside ours")
     parser.add_argument("--skip-backtests", action="store_true",
-                        help="score the lists already published in OUT (same --runs) instead of replaying")
+                        help="do not replay a run whose backtest is already published in OUT (its "
+                             "metrics.json): score its lists, and replay only the others")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s salerank: %(message)s")
     source, out = Path(args.source), Path(args.out)
@@ -184,7 +185,7 @@ def main() -> None:
         overrides.setdefault("image_labelling", {})["enabled"] = with_images
         config = load_config(args.conf, overrides=overrides)
         spark = spark or get_spark(config)
-        if args.skip_backtests:
+        if args.skip_backtests and (out / folder / "metrics.json").exists():
             continue
         start = time.perf_counter()
         run_backtest(spark, str(out / data), args.start, args.end, str(out / folder), config,
