@@ -268,6 +268,7 @@ def run_ab_report(args) -> int:
 
 def run_backtest_command(args) -> int:
     from .. import recommenders
+    from ..metamodel.ranking import FALLBACK
     from .replay import comparison_pairs, comparison_text, overall_text, run_backtest
     from .spark import get_spark
 
@@ -279,7 +280,8 @@ def run_backtest_command(args) -> int:
     if args.bootstrap < 0:
         raise ConfigError(f"--bootstrap must be at least 0, got {args.bootstrap}")
     # a misspelt model stops before any work (image_themes is checked once the photos are known)
-    comparison_pairs([r.name for r in recommenders.from_config(config, with_images=True)], args.compare or [])
+    comparison_pairs([*[r.name for r in recommenders.from_config(config, with_images=True)], FALLBACK],
+                     args.compare or [])
     result = run_backtest(get_spark(config), args.data, args.start, args.end, args.out, config,
                           args.truth_days, args.users, args.new_sale_days, wait=args.wait,
                           replicates=args.bootstrap, compare=args.compare)

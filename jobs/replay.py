@@ -133,7 +133,7 @@ def run_backtest(spark: SparkSession, data_dir: str, start: dt.date, end: dt.dat
         mlflow.set_tag("data_fingerprint", tables.fingerprint)
         with_images = bool(config["image_labelling"]["enabled"] and tables.row_counts.get("sale_images"))
         prototypes = recs.from_config(config, with_images=with_images)
-        pairs = comparison_pairs([r.name for r in prototypes], compare or [])
+        pairs = comparison_pairs([*[r.name for r in prototypes], FALLBACK], compare or [])
         if with_images:
             # photos and labels are sale metadata, known before any date: one tagger and themes,
             # fitted here on the labels given (not a registered version's), for every date
@@ -268,8 +268,8 @@ def spark_frame(like, frame: pd.DataFrame):
 
 def comparison_pairs(recommender_names: list[str], compare: list[tuple[str, str]]) -> list[tuple[str, str]]:
     """The pairs (A, B) whose difference B - A is measured: the meta-model against each
-    recommender alone and the fallback list, then those asked for."""
-    known = [METAMODEL, *recommender_names, FALLBACK]
+    of ``recommender_names`` (the recommenders alone, and the fallback list), then those asked for."""
+    known = [METAMODEL, *recommender_names]
     unknown = sorted({name for pair in compare for name in pair} - set(known))
     if unknown:
         raise ConfigError(f"--compare: no model {', '.join(map(repr, unknown))} in this backtest "

@@ -171,11 +171,12 @@ def test_backtest_command_refuses_an_inverted_range(world_dir, tmp_path, capsys)
     assert not (tmp_path / "metrics.json").exists()
 
 
-def test_the_fallback_list_can_be_compared_like_any_model():
-    from salerank.jobs.replay import comparison_pairs
-
-    assert comparison_pairs(["popularity"], [["popularity", "fallback"]]) == [
-        ("popularity", "metamodel"), ("fallback", "metamodel"), ("popularity", "fallback")]
+def test_the_fallback_list_can_be_compared_like_any_model(world_dir, tmp_path, capsys):
+    # the command's early check knows the fallback list among the models it may compare
+    code = main(["backtest", "--data", str(world_dir / "data"), "--start", "2025-02-01",
+                 "--end", "2025-02-02", "--out", str(tmp_path), "--compare", "fallback", "nope"])
+    err = capsys.readouterr().err
+    assert code == 2 and "no model 'nope'" in err and "fallback" in err.split("its models:")[1]
 
 
 def test_backtest_command_refuses_an_unknown_model_to_compare(world_dir, tmp_path, capsys):
