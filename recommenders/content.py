@@ -8,7 +8,8 @@ category with the value predicted from its photos, so a sale with only a photo i
 the same groups as one with metadata; its other attributes (colour, pattern) reach content-based
 only through the themes.  A user's profile is the weighted sum of the profiles of the sales
 they visited (weight ``visit_weight``) and bought (plus ``purchase_weight``), normalised within
-each feature group, so the score of a sale is the sum over groups of the share of the user's history that matches it (0 to #groups).
+each feature group, so the score of a sale is the sum over groups of the share of the user's
+history that matches it (0 to #groups).
 """
 from __future__ import annotations
 

@@ -75,7 +75,7 @@ def similar_open_sales(catalog, open_idx: np.ndarray, n: int = 10, exact_max: in
                          "similarity": _inner_products(vectors, best).ravel()})[columns]
 
 
-def _block_rows(n: int, width: int) -> int:
+def _block_rows(width: int) -> int:
     """Rows per block so that a block of ``width`` numbers per row holds ``BLOCK_CELLS``."""
     return max(1, BLOCK_CELLS // max(1, width))
 
@@ -84,7 +84,7 @@ def _inner_products(vectors: np.ndarray, neighbours: np.ndarray) -> np.ndarray:
     """``rows x k``: each row's inner product with each of its ``neighbours`` (-1: none, -inf),
     a block of rows at a time (never more than ``BLOCK_CELLS`` copied numbers)."""
     out = np.full(neighbours.shape, -np.inf)
-    step = _block_rows(len(vectors), vectors.shape[1] * neighbours.shape[1])
+    step = _block_rows(vectors.shape[1] * neighbours.shape[1])
     for start in range(0, len(vectors), step):
         rows = slice(start, start + step)
         found = neighbours[rows] >= 0
@@ -105,7 +105,7 @@ def exact_neighbours_of(vectors: np.ndarray, rows: np.ndarray, k: int) -> np.nda
     from ..metamodel.ranking import top_k
 
     parts = [np.zeros((0, k), np.int64)]
-    step = _block_rows(len(vectors), len(vectors))
+    step = _block_rows(len(vectors))
     for start in range(0, len(rows), step):
         these = rows[start:start + step]
         block = vectors[these] @ vectors.T
