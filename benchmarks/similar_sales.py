@@ -64,12 +64,12 @@ def main() -> None:
     for n in map(int, args.sizes.split(",")):
         x = sample(base, n, rng)
         start = time.perf_counter()
-        exact = exact_neighbours(x, args.k)
+        exact, _ = exact_neighbours(x, args.k)
         exact_s = time.perf_counter() - start
         cells = []
         for probes in PROBES:
             start = time.perf_counter()
-            found = approximate_neighbours(x, args.k, seed=0, probes=probes)
+            found, _ = approximate_neighbours(x, args.k, seed=0, probes=probes)
             seconds = time.perf_counter() - start
             recall = np.mean([len(set(a) & set(b)) / args.k for a, b in zip(found, exact)])
             cells.append(f"{seconds:.2f}, {recall:.3f}, {exact_s / seconds:.1f}x")

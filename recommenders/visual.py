@@ -54,7 +54,7 @@ def similar_open_sales(catalog, open_idx: np.ndarray, n: int = 10, exact_max: in
     their embeddings, best first, ties by sale_id: ``sale_id, rank, similar_sale_id,
     similarity``. Exact (blocks of the open x open product) up to ``exact_max`` open sales with
     photos (None: always); beyond it :func:`approximate_neighbours` finds the candidates, whose
-    cosines are then computed exactly."""
+    cosines are computed exactly."""
     columns = ["sale_id", "rank", "similar_sale_id", "similarity"]
     vectors = catalog.embeddings[open_idx].astype(np.float64)
     has_photo = np.linalg.norm(vectors, axis=1) > 0
@@ -68,11 +68,10 @@ def similar_open_sales(catalog, open_idx: np.ndarray, n: int = 10, exact_max: in
         log.warning("similar_sales: %d open sales with photos, above image_labelling.similar_sales_exact_max "
                     "(%d), but faiss is not installed (pip install faiss-cpu): searching exactly", len(ids), exact_max)
         approximate = False
-    best = approximate_neighbours(vectors, k, seed) if approximate else exact_neighbours(vectors, k)
+    best, similarity = approximate_neighbours(vectors, k, seed) if approximate else exact_neighbours(vectors, k)
     rows = np.repeat(np.arange(len(ids)), best.shape[1])
     return pd.DataFrame({"sale_id": ids[rows], "rank": np.tile(np.arange(1, best.shape[1] + 1), len(ids)),
-                         "similar_sale_id": ids[best.ravel()],
-                         "similarity": _inner_products(vectors, best).ravel()})[columns]
+                         "similar_sale_id": ids[best.ravel()], "similarity": similarity.ravel()})[columns]
 
 
 def _block_rows(width: int) -> int:
@@ -94,28 +93,31 @@ def _inner_products(vectors: np.ndarray, neighbours: np.ndarray) -> np.ndarray:
     return out
 
 
-def exact_neighbours(vectors: np.ndarray, k: int) -> np.ndarray:
-    """Each row's ``k`` nearest other rows by inner product, best first, ties to the lower row:
-    a block of rows against all at a time, each block ``BLOCK_CELLS`` similarities."""
+def exact_neighbours(vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's ``k`` nearest other rows by inner product, best first, ties to the lower row,
+    and those inner products (``rows x k`` each): a block of rows against all at a time, each
+    block ``BLOCK_CELLS`` similarities."""
     return exact_neighbours_of(vectors, np.arange(len(vectors)), k)
 
 
-def exact_neighbours_of(vectors: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
+def exact_neighbours_of(vectors: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """:func:`exact_neighbours` of ``rows`` only."""
     from ..metamodel.ranking import top_k
 
-    parts = [np.zeros((0, k), np.int64)]
+    found, products = [np.zeros((0, k), np.int64)], [np.zeros((0, k))]
     step = _block_rows(len(vectors))
     for start in range(0, len(rows), step):
         these = rows[start:start + step]
         block = vectors[these] @ vectors.T
         block[np.arange(len(these)), these] = -np.inf  # not itself
-        parts.append(top_k(block, k))
-    return np.concatenate(parts)
+        found.append(top_k(block, k))
+        products.append(np.take_along_axis(block, found[-1], axis=1))
+    return np.concatenate(found), np.concatenate(products)
 
 
-def approximate_neighbours(vectors: np.ndarray, k: int, seed: int = 0, probes: int = APPROXIMATE_PROBES) -> np.ndarray:
-    """Each row's ``k`` nearest other rows found by faiss (``pip install faiss-cpu``): an
+def approximate_neighbours(vectors: np.ndarray, k: int, seed: int = 0,
+                           probes: int = APPROXIMATE_PROBES) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`exact_neighbours`, the rows found by faiss (``pip install faiss-cpu``): an
     inverted file of ``sqrt(n)`` k-means cells (seeded), each row searched in the ``probes``
     cells nearest to it, exact within them (about ``probes * sqrt(n)`` rows per row instead of
     ``n``); ordered by exact inner product, ties to the lower row. The same vectors and seed
@@ -134,8 +136,8 @@ def approximate_neighbours(vectors: np.ndarray, k: int, seed: int = 0, probes: i
     candidates = np.where(found == np.arange(len(x))[:, None], -1, found)  # not itself
     exact = _inner_products(vectors, candidates)
     order = np.lexsort((candidates, -exact), axis=1)[:, :k]
-    best = np.take_along_axis(candidates, order, axis=1)
+    best, products = np.take_along_axis(candidates, order, axis=1), np.take_along_axis(exact, order, axis=1)
     short = np.flatnonzero((best < 0).any(axis=1))  # cells too small to hold k others
     if len(short):
-        best[short] = exact_neighbours_of(vectors, short, k)
-    return best
+        best[short], products[short] = exact_neighbours_of(vectors, short, k)
+    return best, products

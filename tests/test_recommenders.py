@@ -244,16 +244,18 @@ def test_similar_sales_search_blockwise_exactly_and_approximately_finds_the_same
     assert visual._block_rows(len(x)) == 300
     whole = x @ x.T
     np.fill_diagonal(whole, -np.inf)
-    exact = visual.exact_neighbours(x, 10)
+    exact, exact_cosines = visual.exact_neighbours(x, 10)
     np.testing.assert_array_equal(exact, top_k(whole, 10))  # blocks change nothing
-    found = visual.approximate_neighbours(x, 10, seed=0, probes=12)
-    np.testing.assert_array_equal(found, visual.approximate_neighbours(x, 10, seed=0, probes=12))
+    np.testing.assert_allclose(exact_cosines, np.take_along_axis(whole, exact, axis=1))
+    found, found_cosines = visual.approximate_neighbours(x, 10, seed=0, probes=12)
+    np.testing.assert_array_equal(found, visual.approximate_neighbours(x, 10, seed=0, probes=12)[0])
     assert (found >= 0).all() and not (found == np.arange(len(x))[:, None]).any()
     recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, exact)])
     assert recall > 0.95
     # and its neighbours are ordered by their exact cosine, best first
     cosines = np.take_along_axis(whole, found, axis=1)
+    np.testing.assert_allclose(found_cosines, cosines)
     assert (np.diff(cosines, axis=1) <= 1e-12).all()
     # probing few cells finds fewer of them: the recall above is measured, not given
-    few = visual.approximate_neighbours(x, 10, seed=0, probes=1)
+    few, _ = visual.approximate_neighbours(x, 10, seed=0, probes=1)
     assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(few, exact)]) < recall
