@@ -139,7 +139,7 @@ def export_lines(ranked: DataFrame, users: DataFrame, experiment: Experiment, ru
     lists = _lists(ranked.join(assigned, ["user_id", "strategy"]), "user_id", "variant", "strategy")
     line = F.to_json(F.struct("user_id", F.lit(experiment.name).alias("experiment"), "variant",
                               F.lit(run_date.isoformat()).alias("run_date"), "strategy",
-                              _version(metamodel, model_label), "recommendations"))
+                              model_version_column(metamodel, model_label), "recommendations"))
     return lists.select("user_id", "variant", line.alias("value"))
 
 
@@ -149,7 +149,7 @@ def _lists(rows: DataFrame, *keys: str) -> DataFrame:
         F.col("rank").alias("position"), "sale_id", "score"))).alias("recommendations"))
 
 
-def _version(metamodel: str, model_label: str):
+def model_version_column(metamodel: str, model_label: str):
     """``model_version``: the registry label of the meta-model's version; null for a single
     recommender's list."""
     return F.when(F.col("strategy") == metamodel, F.lit(model_label)).alias("model_version")
@@ -166,5 +166,6 @@ def fallback_lines(fallback: DataFrame, experiment: Experiment, run_date: dt.dat
     lists = _lists(fallback.join(F.broadcast(variants), "strategy"), "order", "variant", "strategy")
     line = F.to_json(F.struct(F.lit(experiment.name).alias("experiment"), "variant",
                               F.lit(run_date.isoformat()).alias("run_date"), "strategy",
-                              _version(metamodel, model_label), F.lit(True).alias("fallback"), "recommendations"))
+                              model_version_column(metamodel, model_label), F.lit(True).alias("fallback"),
+                              "recommendations"))
     return lists.repartition(1).sortWithinPartitions("order").select(line.alias("value"))

@@ -33,7 +33,7 @@ from ..metamodel.signals import signals_from_config
 from ..metamodel.training import TrainingDataError, cached_day, feature_names, fit_metamodel
 from ..recommenders.scoring import released
 from ..storage import FileSystem, join
-from .experiments import export_lines, fallback_lines, parse_experiments
+from .experiments import export_lines, fallback_lines, model_version_column, parse_experiments
 from .image_artefacts import ImageArtefacts, pinned_artefacts
 from .lease import hold
 from .night_report import night_report
@@ -237,9 +237,9 @@ def _nightly(spark, data_dir, run_date, out_dir, config, keep_rankings, night) -
                 similar = similar_open_sales(catalog, context.open_idx, exact_max=config["image_labelling"][
                     "similar_sales_exact_max"], seed=config["seed"])
                 night.write_parquet(spark.createDataFrame(similar, SIMILAR_SCHEMA), "similar_sales")
-            version = F.when(F.col("strategy") == METAMODEL, F.lit(registered.label))
             fallback_rows = night.write_parquet(fallback.select(
-                "strategy", "rank", "sale_id", "score", version.alias("model_version")), "fallback")["rows"]
+                "strategy", "rank", "sale_id", "score", model_version_column(METAMODEL, registered.label)),
+                "fallback")["rows"]
             exported = {e.name: _export(night, ranked, fallback, active, e, run_date, registered.label)
                         for e in experiments}
         with stages("report"):
