@@ -60,7 +60,7 @@ _POSITIVE = ("top_k", "active_lookback_days", "spark.shuffle_partitions", "spark
 _NON_NEGATIVE = ("report.sample_users",)
 _NULL_OR_NON_NEGATIVE = ("max_data_lag_days",)
 _NULL_OR_POSITIVE = ("metamodel.rank_depth", "rules.max_per_destination", "rules.max_per_category",
-                     "image_labelling.similar_sales_exact_max")
+                     "image_labelling.similar_sales_exact_max", "fit.max_users")
 
 
 def _setting(config: dict, key: str):
@@ -107,8 +107,13 @@ def _validate(config: dict, source: str) -> None:
     if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not tolerance >= 0:
         problems.append(f"registry.promotion_tolerance must be a number of at least 0 (absolute NDCG), "
                         f"got {tolerance!r}")
+    enabled = config["recommenders"]["enabled"]
+    if not isinstance(enabled, list) or not enabled:
+        problems.append(f"recommenders.enabled must be a non-empty list of recommenders, got {enabled!r}")
     for key, known in _known_names().items():
         chosen = _setting(config, key)
+        if key == "recommenders.enabled" and not isinstance(chosen, list):
+            continue
         for name in chosen if isinstance(chosen, list) else [chosen]:
             if name not in known:
                 problems.append(f"{key}: unknown {name!r} (known: {', '.join(sorted(known))})")
@@ -121,9 +126,11 @@ def _known_names() -> dict[str, tuple[str, ...]]:
     from ..image_labelling.backbone import BACKBONES
     from ..metamodel.model import MetaModel
     from ..metamodel.signals import SIGNALS
+    from ..recommenders import HISTORY_RECOMMENDERS
     from ..recommenders.item_cf import ItemCF
 
-    return {"recommenders.item_cf.similarity": ItemCF.SIMILARITIES, "metamodel.signals": tuple(SIGNALS),
+    return {"recommenders.enabled": tuple(HISTORY_RECOMMENDERS),
+            "recommenders.item_cf.similarity": ItemCF.SIMILARITIES, "metamodel.signals": tuple(SIGNALS),
             "image_labelling.backbone": tuple(BACKBONES), "metamodel.kind": MetaModel.KINDS}
 
 

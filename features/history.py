@@ -13,8 +13,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql.window import Window
 
 from .loading import Tables
 
@@ -140,6 +142,31 @@ class ScoringContext:
             F.max("ts").alias("last_ts"),
             F.sum((~F.col("bought")).cast("int")).alias("visits"),
             F.max(F.when(~F.col("bought"), F.col("ts"))).alias("last_visit_ts"))
+
+    def collect_interactions(self, columns: list[str], max_users: int | None = None, seed: int = 0) -> pa.Table:
+        """``columns`` of :meth:`interactions` as Arrow on the driver (no Python object per
+        row), of at most ``max_users`` users (None: all): in each stratum of activity
+        (``floor(log2(sales the user touched))``) the same share of its users, the first by a
+        seeded hash of ``user_id``, so the sample keeps the mix of light and heavy users and
+        does not depend on the partitioning."""
+        interactions = self.interactions()
+        if max_users is None:
+            return interactions.select(*columns).toArrow()
+        cached = interactions = interactions.cache()
+        try:
+            users = interactions.groupBy("user_id").agg(F.floor(F.log2(F.count("*"))).alias("stratum"))
+            sizes = {r["stratum"]: r["count"] for r in users.groupBy("stratum").count().collect()}
+            total = sum(sizes.values())
+            if total > max_users:  # floor: the strata's quotas add up to at most max_users
+                quota = F.create_map(*[F.lit(x) for stratum, size in sizes.items()
+                                       for x in (stratum, size * max_users // total)])
+                order = Window.partitionBy("stratum").orderBy(F.xxhash64("user_id", F.lit(seed)), "user_id")
+                chosen = (users.withColumn("position", F.row_number().over(order))
+                          .filter(F.col("position") <= quota[F.col("stratum")]).select("user_id"))
+                interactions = interactions.join(chosen, "user_id", "left_semi")
+            return interactions.select(*columns).toArrow()
+        finally:
+            cached.unpersist()
 
     def events_since(self, days: int) -> DataFrame:
         """Events in the ``days`` days before ``as_of``."""

@@ -29,6 +29,7 @@ from ..conf import ConfigError
 from ..metamodel.model import MetaModel, signed_log1p
 from .image_artefacts import METADATA_KEY
 from ..metamodel.promotion import incomparable, not_worse, validated_candidate, validation_ndcg, validation_split
+from ..recommenders import HISTORY_RECOMMENDERS
 
 log = logging.getLogger("salerank")
 
@@ -57,6 +58,13 @@ def feature_config_hash(config: dict) -> str:
     recommenders["bpr"].pop("threads", None)  # how fast BPR fits, not what its scores mean
     if not config["image_labelling"]["visual_similarity"]:  # so that models of before keep their hash
         recommenders.pop("visual", None)
+    enabled = recommenders.pop("enabled")
+    # each only when it differs from what models registered before the setting had
+    if set(enabled) != set(HISTORY_RECOMMENDERS):
+        recommenders = {name: s for name, s in recommenders.items() if name not in HISTORY_RECOMMENDERS
+                        or name in enabled} | {"enabled": sorted(enabled)}
+    if config["fit"]["max_users"] is not None:
+        recommenders["fit_max_users"] = config["fit"]["max_users"]
     relevant = {"recommenders": recommenders, "signals": config["metamodel"]["signals"],
                 "ranks": config["metamodel"]["ranks"],
                 # only when set, so that models registered before the setting keep their hash

@@ -11,14 +11,19 @@ from .popularity import Popularity
 from .visual import VisualSimilarity
 
 
+# the recommenders of the users' histories, in the order the meta-model's features take
+HISTORY_RECOMMENDERS = {r.name: r for r in (Popularity, ItemCF, ContentBased, ALS, BPR)}
+
+
 def from_config(config: dict, with_images: bool = False) -> list[Recommender]:
-    """The recommenders the meta-model combines, configured from ``config['recommenders']``;
-    image themes only when the catalogue has them, and visual similarity when it also has the
-    photos' embeddings (``image_labelling.visual_similarity``)."""
+    """The recommenders the meta-model combines, configured from ``config['recommenders']``:
+    those of ``recommenders.enabled`` (in :data:`HISTORY_RECOMMENDERS`' order), image themes
+    when the catalogue has them, and visual similarity when it also has the photos' embeddings
+    (``image_labelling.visual_similarity``)."""
     settings = config["recommenders"]
-    chosen = [Popularity(**settings["popularity"]), ItemCF(**settings["item_cf"]),
-              ContentBased(**settings["content"]), ALS(**settings["als"], seed=config["seed"]),
-              BPR(**settings["bpr"], seed=config["seed"])]
+    factorised = {"seed": config["seed"], "max_users": config["fit"]["max_users"]}
+    chosen = [kind(**settings[name], **(factorised if kind in (ALS, BPR) else {}))
+              for name, kind in HISTORY_RECOMMENDERS.items() if name in settings["enabled"]]
     if with_images:
         chosen.append(ImageThemes(**settings["image_themes"]))
         if config["image_labelling"]["visual_similarity"]:
@@ -39,4 +44,4 @@ def fit_all(recommenders: list[Recommender], context, seconds: dict | None = Non
 
 
 __all__ = ["Recommender", "UserHistory", "Popularity", "ItemCF", "ContentBased", "ImageThemes", "ALS", "BPR",
-           "VisualSimilarity", "from_config", "fit_all"]
+           "VisualSimilarity", "HISTORY_RECOMMENDERS", "from_config", "fit_all"]

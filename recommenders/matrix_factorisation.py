@@ -1,12 +1,14 @@
 """Matrix factorisation with ``implicit``: ALS and BPR on the interactions before the day.
 
-The model is trained on the driver (``implicit`` is single-node) from every user's visits
-and purchases before the day, weighted like the other profiles.  Only the item factors of
-the catalogue are broadcast.  ALS folds each block's users in from their history
-(``recalculate_user``: one exact least-squares solve per user against the item factors),
-so users unseen at training time still get factors; BPR has no such solve: its user
-factors are joined to the users' histories when they are scored (``user_state``), never
-broadcast (users it never saw score 0).
+The model is trained on the driver (``implicit`` is single-node) from the users' visits and
+purchases before the day, weighted like the other profiles, collected as Arrow: every user's,
+or with ``max_users`` (``fit.max_users``) those of a seeded sample stratified by activity
+(``ScoringContext.collect_interactions``), so the fit and the driver's memory stop growing
+with the users.  Only the item factors of the catalogue are broadcast.  ALS folds each
+block's users in from their history (``recalculate_user``: one exact least-squares solve per
+user against the item factors), so users outside the fit still get factors; BPR has no such
+solve: its user factors are joined to the users' histories when they are scored
+(``user_state``), never broadcast (users it never saw score 0).
 
 Sales that nobody had touched before the day have no signal: their factors stay at their
 small random start and their scores are near 0.  The image themes cover those sales.
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pyarrow.compute as pc
 import scipy.sparse as sp
 
 from .base import Recommender, UserHistory
@@ -26,25 +29,30 @@ class _ImplicitMF(Recommender):
     folds_users_in: bool  # True: users' factors are solved when scored; False: kept and joined
 
     def __init__(self, factors: int = 32, regularization: float = 0.01, iterations: int = 15,
-                 visit_weight: float = 1.0, purchase_weight: float = 3.0, seed: int = 42):
+                 visit_weight: float = 1.0, purchase_weight: float = 3.0, seed: int = 42,
+                 max_users: int | None = None):
         self.factors = factors
         self.regularization = regularization
         self.iterations = iterations
         self.visit_weight = visit_weight
         self.purchase_weight = purchase_weight
         self.seed = seed
+        self.max_users = max_users
 
     def _model(self):
         raise NotImplementedError
 
     def fit(self, context) -> _ImplicitMF:
-        pairs = context.interactions().select("user_id", "sale_idx", "bought").toPandas()
-        pairs = pairs.sort_values(["user_id", "sale_idx"], kind="stable")
-        users = pd.Index(pairs["user_id"].unique())
-        weight = self.visit_weight + self.purchase_weight * pairs["bought"].to_numpy(dtype=float)
-        matrix = sp.csr_matrix((weight.astype(np.float32),
-                                (users.get_indexer(pairs["user_id"]), pairs["sale_idx"].to_numpy())),
+        pairs = context.collect_interactions(["user_id", "sale_idx", "bought"], self.max_users, self.seed)
+        # rows in user_id order, whatever order Spark sent them in: the same factors every run
+        users = pc.unique(pairs["user_id"])
+        users = users.take(pc.array_sort_indices(users))
+        rows = pc.index_in(pairs["user_id"], value_set=users).to_numpy()
+        weight = self.visit_weight + self.purchase_weight * pairs["bought"].to_numpy(zero_copy_only=False)
+        matrix = sp.csr_matrix((weight.astype(np.float32), (rows, pairs["sale_idx"].to_numpy())),
                                shape=(len(users), len(context.catalog)))
+        matrix.sort_indices()  # each row's sales in order, as the factors' sums must be
+        users = pd.Index(users.to_numpy(zero_copy_only=False))
         self.model_ = None  # nothing happened before the day: every score is 0
         if matrix.nnz:
             from threadpoolctl import threadpool_limits
@@ -81,7 +89,8 @@ class ALS(_ImplicitMF):
     factors, regularization, iterations : the model's.
     alpha : confidence of an interaction, ``1 + alpha * weight``.
     visit_weight, purchase_weight : an interaction's weight (a purchase adds its weight).
-    seed : initial factors; training is deterministic given it.
+    seed : initial factors and the users' sample; training is deterministic given it.
+    max_users : fit on at most this many users (a sample stratified by activity; None: all).
     threads : 0 (the default) uses every core. Each half-step solves users (or items)
         independently, so the factors are the same whatever the number of threads.
     """
@@ -91,8 +100,8 @@ class ALS(_ImplicitMF):
 
     def __init__(self, factors: int = 32, regularization: float = 0.01, iterations: int = 15,
                  alpha: float = 10.0, visit_weight: float = 1.0, purchase_weight: float = 3.0,
-                 seed: int = 42, threads: int = 0):
-        super().__init__(factors, regularization, iterations, visit_weight, purchase_weight, seed)
+                 seed: int = 42, threads: int = 0, max_users: int | None = None):
+        super().__init__(factors, regularization, iterations, visit_weight, purchase_weight, seed, max_users)
         self.alpha = alpha
         self.threads = threads
 
@@ -116,6 +125,7 @@ class BPR(_ImplicitMF):
     factors, learning_rate, regularization, iterations : the model's.
     visit_weight, purchase_weight : only whether a weight is positive matters to BPR.
     seed : initial factors and sampling.
+    max_users : fit on at most this many users, as ALS's; the others score 0 (no fold-in).
     threads : 1 (the default) gives the same factors for the same seed. More threads fit
         faster, but ``implicit`` then updates the factors lock-free (Hogwild), so they, and
         the night's recommendations, depend on thread timing.
@@ -126,8 +136,8 @@ class BPR(_ImplicitMF):
 
     def __init__(self, factors: int = 32, learning_rate: float = 0.05, regularization: float = 0.01,
                  iterations: int = 50, visit_weight: float = 1.0, purchase_weight: float = 3.0,
-                 seed: int = 42, threads: int = 1):
-        super().__init__(factors, regularization, iterations, visit_weight, purchase_weight, seed)
+                 seed: int = 42, threads: int = 1, max_users: int | None = None):
+        super().__init__(factors, regularization, iterations, visit_weight, purchase_weight, seed, max_users)
         self.learning_rate = learning_rate
         self.threads = threads
 

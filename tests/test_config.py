@@ -51,6 +51,21 @@ def test_the_registered_models_feature_settings_ignore_how_fast_bpr_fits():
     assert base["recommenders"]["bpr"]["threads"] == 1  # the hash did not touch the config
 
 
+def test_the_feature_settings_name_the_recommenders_and_the_fit_sample_only_when_changed():
+    from salerank.jobs.registry import feature_config_hash
+
+    base = load_config()
+    reordered = load_config(overrides={"recommenders": {"enabled": ["bpr", "als", "content", "item_cf", "popularity"]}})
+    without_bpr = load_config(overrides={"recommenders": {"enabled": ["popularity", "item_cf", "content", "als"]}})
+    tuned_away = load_config(overrides={"recommenders": {"enabled": ["popularity", "item_cf", "content", "als"],
+                                                         "bpr": {"factors": 8}}})
+    capped = load_config(overrides={"fit": {"max_users": 1000}})
+    assert feature_config_hash(base) == feature_config_hash(reordered)
+    # a recommender left out changes the features, and its settings then no longer matter
+    assert feature_config_hash(without_bpr) == feature_config_hash(tuned_away) != feature_config_hash(base)
+    assert feature_config_hash(capped) != feature_config_hash(base)
+
+
 @pytest.mark.parametrize("depth", [0, -3, 2.5, "100", True])
 def test_rank_depth_must_be_a_positive_whole_number(tmp_path, depth):
     path = tmp_path / "conf.yaml"
@@ -76,6 +91,9 @@ BAD_VALUES = {
     "fractional size": ({"spark": {"scoring_partitions": 2.5}}, "spark.scoring_partitions must be"),
     "negative sample": ({"report": {"sample_users": -1}}, "report.sample_users must be a whole number of at least 0"),
     "stale as text": ({"max_data_lag_days": "2"}, "max_data_lag_days must be null or a whole number"),
+    "unknown recommender": ({"recommenders": {"enabled": ["als", "ease"]}}, "recommenders.enabled: unknown 'ease'"),
+    "no recommender": ({"recommenders": {"enabled": []}}, "recommenders.enabled must be a non-empty list"),
+    "fit on no user": ({"fit": {"max_users": 0}}, "fit.max_users must be null or a whole number of at least 1"),
 }
 
 
@@ -96,3 +114,13 @@ def test_every_mistake_is_named_at_once_and_the_defaults_pass():
     with pytest.raises(ConfigError) as caught:
         load_config(overrides={"top_k": 0, "metamodel": {"C": []}})
     assert "top_k" in str(caught.value) and "metamodel.C" in str(caught.value)
+
+
+def test_the_meta_model_combines_the_enabled_recommenders_in_one_order_and_the_fit_cap_reaches_als_and_bpr():
+    from salerank.recommenders import from_config
+
+    config = load_config(overrides={"recommenders": {"enabled": ["als", "popularity"]}, "fit": {"max_users": 500}})
+    chosen = from_config(config)
+    assert [r.name for r in chosen] == ["popularity", "als"]
+    assert chosen[1].max_users == 500 and chosen[1].seed == config["seed"]
+    assert [r.name for r in from_config(load_config())] == ["popularity", "item_cf", "content", "als", "bpr"]

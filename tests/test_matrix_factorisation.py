@@ -2,6 +2,7 @@
 import datetime as dt
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from salerank.features.history import Catalog, ScoringContext
@@ -107,3 +108,53 @@ def test_same_seed_same_scores(context, model):
 def test_als_factors_do_not_depend_on_the_number_of_threads(context):
     one, two = ALS(factors=4, threads=1).fit(context), ALS(factors=4, threads=2).fit(context)
     np.testing.assert_array_equal(np.asarray(one.model_.item_factors), np.asarray(two.model_.item_factors))
+
+
+def _varied_activity_context(spark, partitions: int) -> ScoringContext:
+    """200 users touching 1 to 16 of 20 sales (user u touches 1 + u % 16): activity strata (the
+    floor of log2) of 13, 26, 52, 97 and 12 users."""
+    sales = spark.createDataFrame([(f"s{i:02d}", dt.date(2025, 1, 1), dt.date(2025, 3, 1)) for i in range(20)],
+                                  "sale_id string, open_date date, close_date date")
+    visits = [(f"u{u:03d}", f"s{(u + k) % 20:02d}", dt.datetime(2025, 1, 2 + k))
+              for u in range(200) for k in range(1 + u % 16)]
+    visits = spark.createDataFrame(visits, "user_id string, sale_id string, ts timestamp").repartition(partitions)
+    empty = spark.createDataFrame([], "user_id string, sale_id string, ts timestamp")
+    users = spark.createDataFrame([(f"u{u:03d}",) for u in range(200)], "user_id string")
+    images = spark.createDataFrame([], "sale_id string, image_path string")
+    tables = Tables(sales, images, users, visits, empty, None)
+    return ScoringContext.build(tables, Catalog.from_tables(spark, tables), AS_OF)
+
+
+def test_the_fit_sample_is_bounded_keeps_each_activity_stratum_share_and_whole_histories(spark):
+    context = _varied_activity_context(spark, 1)
+    everyone = context.collect_interactions(["user_id", "sale_idx"]).to_pandas()
+    touched = everyone.groupby("user_id").size()
+    strata = np.floor(np.log2(touched)).astype(int)
+    sample = context.collect_interactions(["user_id", "sale_idx"], max_users=50, seed=1).to_pandas()
+    chosen = sample.groupby("user_id").size()
+    assert len(chosen) <= 50
+    # each stratum keeps floor(its size x 50 / 200) users, and each of them with every sale
+    expected = (strata.value_counts() * 50 // 200).sort_index()
+    pd.testing.assert_series_equal(strata[chosen.index].value_counts().sort_index(), expected, check_names=False)
+    pd.testing.assert_series_equal(chosen, touched[chosen.index])
+    # seeded, and the same whatever the partitioning of the events
+    again = _varied_activity_context(spark, 7).collect_interactions(["user_id", "sale_idx"], max_users=50, seed=1)
+    assert set(again.to_pandas().user_id) == set(chosen.index)
+    other = context.collect_interactions(["user_id", "sale_idx"], max_users=50, seed=2).to_pandas()
+    assert set(other.user_id) != set(chosen.index)
+    # no cap that binds: everyone
+    assert len(context.collect_interactions(["user_id"], max_users=200, seed=1)) == len(everyone)
+
+
+def test_als_fitted_on_a_sample_of_users_still_folds_everyone_in(context):
+    capped = ALS(factors=2, iterations=20, max_users=20).fit(context)
+    fitted_on = set(context.collect_interactions(["user_id"], max_users=20, seed=capped.seed)["user_id"].to_pylist())
+    assert len(fitted_on) == 20
+    seen = context.events.toPandas().groupby("user_id")["sale_idx"].apply(list)
+    for user, items in seen.items():  # the 20 outside the fit too: each ranks its own group first
+        same, other = (range(5), range(5, 10)) if user < "u20" else (range(5, 10), range(5))
+        scores = capped.score(history(capped, items, user))[0]
+        assert scores[[i for i in same if i not in items]].min() > scores[list(other)].max(), user
+    # a cap that does not bind fits exactly what no cap fits
+    np.testing.assert_array_equal(np.asarray(ALS(factors=2, max_users=40).fit(context).model_.item_factors),
+                                  np.asarray(ALS(factors=2).fit(context).model_.item_factors))
