@@ -103,6 +103,9 @@ def _validate(config: dict, source: str) -> None:
     boosts = rules["boost_sales"]
     if not isinstance(boosts, dict) or not all(_positive_number(f) for f in boosts.values()):
         problems.append(f"rules.boost_sales must map sale ids to positive factors, got {boosts!r}")
+    release = config["image_labelling"]["release_after_seconds"]
+    if not _positive_number(release):
+        problems.append(f"image_labelling.release_after_seconds must be a positive number, got {release!r}")
     tolerance = config["registry"]["promotion_tolerance"]
     if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not tolerance >= 0:
         problems.append(f"registry.promotion_tolerance must be a number of at least 0 (absolute NDCG), "

@@ -24,6 +24,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from ..storage import FileSystem, join
+from .backbone_process import BackboneProcess
 from .tagger import Backbone, Embeddings, ImageNetTagger, ImageTagger, Tagger, tagging_metrics, top_tags
 
 log = logging.getLogger("salerank")
@@ -33,7 +34,7 @@ PER_KEYS = ("per_tag", "per_attribute")  # the held-out metrics that are tables,
 TAG_SCHEMA = ("content_hash string, tagger_version string, tag string, probability double, "
               "rank int, failure string, embedding binary")
 EMBEDDING_DTYPE = np.float16  # the backbone's pooled embedding, on each photo's rank-1 row
-_WORKER_BACKBONES: dict = {}  # per Python worker process: (name, cache_dir) -> Backbone
+_WORKER_BACKBONES: dict = {}  # per Python process: (name, cache_dir, idle) -> BackboneProcess
 
 
 @dataclass
@@ -64,10 +65,13 @@ def sale_embeddings(embeddings: pd.DataFrame) -> pd.DataFrame:
     return means.div(np.maximum(np.linalg.norm(means.to_numpy(), axis=1), 1e-12), axis=0)
 
 
-def _backbone(name: str, cache_dir: str | None) -> Backbone:
-    key = (name, cache_dir)
+def _backbone(name: str, cache_dir: str | None, idle_seconds: float) -> BackboneProcess:
+    """The backbone of this process (a Spark worker, or the driver), in a child process that
+    exits after ``idle_seconds`` without photos: TensorFlow's memory is released once the
+    photos are tagged (``image_labelling.release_after_seconds``)."""
+    key = (name, cache_dir, idle_seconds)
     if key not in _WORKER_BACKBONES:
-        _WORKER_BACKBONES[key] = Backbone(name, cache_dir)
+        _WORKER_BACKBONES[key] = BackboneProcess(name, cache_dir, idle_seconds)
     return _WORKER_BACKBONES[key]
 
 
@@ -127,7 +131,7 @@ def photo_bytes(spark, data_dir: str, image_paths: list[str]) -> list[tuple[str,
     return [(p, read.get(p)) for p in image_paths]
 
 
-def embed_in_chunks(backbone: Backbone, spark, data_dir: str, image_paths: list[str],
+def embed_in_chunks(backbone: Backbone | BackboneProcess, spark, data_dir: str, image_paths: list[str],
                     chunk: int = PHOTOS_PER_PARTITION) -> Embeddings:
     """Embeddings of many photos on the driver, a chunk at a time: the driver holds the bytes
     of one chunk of photos, not of all of them."""
@@ -174,7 +178,7 @@ def held_out(groups: np.ndarray, share: float, seed: int) -> np.ndarray:
     return np.isin(groups, chosen)
 
 
-def train_tagger(backbone: Backbone, labels: pd.DataFrame, images: list[tuple[str, bytes | None]],
+def train_tagger(backbone: Backbone | BackboneProcess, labels: pd.DataFrame, images: list[tuple[str, bytes | None]],
                  seed: int, holdout: float = 0.2,
                  sales_of: dict[str, set[str]] | None = None) -> tuple[ImageTagger, dict]:
     """Fit the head on the hand-labelled images (``images``: their ``(image_path, content)``);
@@ -217,7 +221,8 @@ def fit_tagger(spark, image_labels: DataFrame | None, data_dir: str, config: dic
     if not len(labels):
         return Tagger(name), {}
     labelled = photo_bytes(spark, data_dir, sorted(set(labels["image_path"])))
-    head, metrics = train_tagger(_backbone(name, weights_cache), labels, labelled, seed,
+    idle = config["image_labelling"]["release_after_seconds"]
+    head, metrics = train_tagger(_backbone(name, weights_cache, idle), labels, labelled, seed,
                                  sales_of=_sales_of(sale_images, labels))
     return Tagger(name, head), metrics
 
@@ -228,6 +233,7 @@ def tag_images(sale_images: DataFrame, image_labels: DataFrame | None, data_dir:
     ``tagger``, or when None with the one :func:`fit_tagger` learns from ``image_labels``."""
     spark = sale_images.sparkSession
     weights_cache, k = config["image_labelling"]["weights_cache_dir"], config["image_labelling"]["top_k"]
+    idle = config["image_labelling"]["release_after_seconds"]
     metrics: dict = {}
     if tagger is None:
         tagger, metrics = fit_tagger(spark, image_labels, data_dir, config, seed, sale_images)
@@ -240,7 +246,7 @@ def tag_images(sale_images: DataFrame, image_labels: DataFrame | None, data_dir:
     def tag_partition(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         backbone = None
         for batch in batches:
-            backbone = backbone or _backbone(name, weights_cache)
+            backbone = backbone or _backbone(name, weights_cache, idle)
             embedded = backbone.embed_images(list(zip(batch["image_path"], batch["content"])))
             if head is None:
                 probability = ImageNetTagger().predict_proba_from_logits(embedded.logits)

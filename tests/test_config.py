@@ -94,6 +94,8 @@ BAD_VALUES = {
     "unknown recommender": ({"recommenders": {"enabled": ["als", "ease"]}}, "recommenders.enabled: unknown 'ease'"),
     "no recommender": ({"recommenders": {"enabled": []}}, "recommenders.enabled must be a non-empty list"),
     "fit on no user": ({"fit": {"max_users": 0}}, "fit.max_users must be null or a whole number of at least 1"),
+    "never released": ({"image_labelling": {"release_after_seconds": None}},
+                       "image_labelling.release_after_seconds must be a positive number, got None"),
 }
 
 

@@ -80,6 +80,51 @@ def test_without_hand_labels_imagenet_classes_are_the_tags(spark, config, tmp_pa
     assert "not a readable image" in failures["broken.jpg"]
 
 
+def _processes(*markers: str) -> list[int]:
+    """The processes whose command line holds every one of ``markers``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            line = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode() if entry.name.isdigit() else ""
+            if line and all(m in line for m in markers):
+                found.append(int(entry.name))
+        except OSError:  # it ended while we looked
+            pass
+    return found
+
+
+def _maps_tensorflow(pid: int) -> bool:
+    try:
+        return "tensorflow" in Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads /proc (Linux)")
+def test_tensorflow_leaves_the_spark_workers_once_the_photos_are_tagged(spark, config, tmp_path):
+    """The Spark Python workers never load TensorFlow: their backbone process does, and it exits
+    after image_labelling.release_after_seconds without photos."""
+    import time
+
+    from sklearn.datasets import load_sample_image
+
+    from salerank.image_labelling.stage import tag_images
+
+    Image.fromarray(load_sample_image("china.jpg")).save(tmp_path / "china.jpg")
+    images = spark.createDataFrame([("s1", "china.jpg")], "sale_id string, image_path string")
+    config = {**config, "image_labelling": {**config["image_labelling"], "release_after_seconds": 12.5}}
+    result = tag_images(images, None, str(tmp_path), None, config, seed=0)
+    mine = _processes("salerank.image_labelling.backbone_process", " 12.5 ")
+    assert mine and all(map(_maps_tensorflow, mine))  # the backbone was here, just finished
+    workers = _processes("pyspark.daemon")
+    assert workers and not any(map(_maps_tensorflow, workers))
+    assert result.tags.count() == 5
+    deadline = time.monotonic() + 60
+    while any(Path(f"/proc/{pid}").exists() for pid in mine) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not any(Path(f"/proc/{pid}").exists() for pid in mine), "the backbone process did not exit"
+
+
 def test_a_saved_tagger_loads_to_the_same_head_and_a_tampered_one_is_refused(tmp_path):
     """What training registers with the meta-model and the night tags with: the same tags and
     probabilities, bit for bit, without training; a file that is not what tagger.json says is
