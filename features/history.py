@@ -42,30 +42,22 @@ class Catalog:
     themes: np.ndarray | None = None  # sales x image themes, rows in idx order
     versions: pd.DataFrame | None = None  # sale_id, valid_from, [open_date, close_date, price]
     attributes: pd.DataFrame | None = None  # sales x attributes predicted from the photos, idx order
-    attribute_probabilities: pd.DataFrame | None = None  # the tagger's probability of each, idx order
     embeddings: np.ndarray | None = None  # sales x 1280, unit length (0 without photos), idx order
 
     def with_themes(self, sale_themes: pd.DataFrame, sale_attributes: pd.DataFrame | None = None,
-                    sale_embeddings: pd.DataFrame | None = None,
-                    attribute_probabilities: pd.DataFrame | None = None) -> Catalog:
+                    sale_embeddings: pd.DataFrame | None = None) -> Catalog:
         """This catalogue with each sale's image-theme weights (0 for sales without photos),
         given a tagger of catalogue attributes the values predicted from its photos (None
-        for sales without photos) and the tagger's probability of each (1 when not given),
-        and given them the photos' embeddings (0 without photos)."""
+        for sales without photos), and given them the photos' embeddings (0 without photos)."""
         aligned = sale_themes.reindex(self.sales["sale_id"]).fillna(0.0).to_numpy()
-        attributes = probabilities = None
+        attributes = None
         if sale_attributes is not None and len(sale_attributes.columns):
             attributes = sale_attributes.reindex(self.sales["sale_id"]).astype(object)
             attributes = attributes.where(attributes.notna(), None).reset_index(drop=True)
-            probabilities = (pd.DataFrame(1.0, index=sale_attributes.index, columns=sale_attributes.columns)
-                             if attribute_probabilities is None else attribute_probabilities)
-            probabilities = (probabilities.reindex(index=self.sales["sale_id"], columns=attributes.columns)
-                             .fillna(0.0).reset_index(drop=True))
         embeddings = None
         if sale_embeddings is not None and len(sale_embeddings.columns):
             embeddings = sale_embeddings.reindex(self.sales["sale_id"]).fillna(0.0).to_numpy(np.float32)
-        return dataclasses.replace(self, themes=aligned, attributes=attributes,
-                                   attribute_probabilities=probabilities, embeddings=embeddings)
+        return dataclasses.replace(self, themes=aligned, attributes=attributes, embeddings=embeddings)
 
     def as_of(self, day: dt.date) -> Catalog:
         """The catalogue as known at the start of ``day``: each versioned sale with the terms

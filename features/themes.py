@@ -63,9 +63,8 @@ class ThemeModel:
         basis = self.components.T  # tags x themes
         rows = sale_tags.reindex(columns=list(self.tags), fill_value=0.0).to_numpy(np.float64)
         weights = np.array([nnls(basis, row)[0] for row in rows]).reshape(len(rows), len(self.names))
-        values, probabilities = _most_probable(sale_tags)
         return Themes(pd.DataFrame(weights, index=sale_tags.index, columns=list(self.names)),
-                      self.theme_tags(), self, values, probabilities)
+                      self.theme_tags(), self, sale_attributes(sale_tags))
 
     def theme_tags(self) -> pd.DataFrame:
         """``theme, rank, tag, weight``: each theme's ``top_tags`` strongest tags."""
@@ -82,7 +81,6 @@ class Themes:
     theme_tags: pd.DataFrame  # theme, rank, tag, weight: each theme's top tags
     model: ThemeModel
     sale_attributes: pd.DataFrame  # index sale_id, one column per attribute: its predicted value
-    attribute_probabilities: pd.DataFrame  # as sale_attributes: the tagger's probability of it
 
     @property
     def names(self) -> list[str]:
@@ -102,25 +100,14 @@ def sale_attributes(sale_tags: pd.DataFrame) -> pd.DataFrame:
     """Sales x attributes: for each attribute of the tags (``attribute=value``, a tagger trained
     on catalogue attributes), the sale's most probable value (None where no photo of the sale
     has one); no columns for a tagger without attributes. Depends only on the sale's own tags."""
-    return _most_probable(sale_tags)[0]
-
-
-def attribute_probabilities(sale_tags: pd.DataFrame) -> pd.DataFrame:
-    """Sales x attributes, as :func:`sale_attributes`: the tagger's probability of each sale's
-    most probable value (its mean over the sale's photos; 0 where there is none)."""
-    return _most_probable(sale_tags)[1]
-
-
-def _most_probable(sale_tags: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     attributes = sorted({a for a in map(attribute_of, sale_tags.columns) if a})
-    values, probabilities = pd.DataFrame(index=sale_tags.index), pd.DataFrame(index=sale_tags.index)
+    out = pd.DataFrame(index=sale_tags.index)
     for attribute in attributes:
         columns = [t for t in sale_tags.columns if attribute_of(t) == attribute]
         scores = sale_tags[columns].to_numpy()
-        best = np.array([c.split("=", 1)[1] for c in columns], dtype=object)[scores.argmax(axis=1)]
-        values[attribute] = pd.Series(best, index=sale_tags.index).where(scores.max(axis=1) > 0, None)
-        probabilities[attribute] = np.minimum(scores.max(axis=1), 1.0)
-    return values, probabilities
+        values = np.array([c.split("=", 1)[1] for c in columns], dtype=object)[scores.argmax(axis=1)]
+        out[attribute] = pd.Series(values, index=sale_tags.index).where(scores.max(axis=1) > 0, None)
+    return out
 
 
 def fit_themes(image_tags: pd.DataFrame, n_themes: int, seed: int, top_tags: int = 5) -> Themes:

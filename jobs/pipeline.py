@@ -128,8 +128,7 @@ def run_training(spark: SparkSession, data_dir: str, as_of: dt.date, out_dir: st
         if with_images:
             with stages("images"):
                 themes, artefacts, embeddings = run_image_stage(tables, data_dir, out_dir, config)
-                catalog = catalog.with_themes(themes.sale_themes, themes.sale_attributes, embeddings,
-                                              themes.attribute_probabilities)
+                catalog = catalog.with_themes(themes.sale_themes, themes.sale_attributes, embeddings)
         with stages("train"):
             model, metrics, examples = _train(tables, catalog, recs.from_config(config, with_images), as_of, config)
         promotion = None
@@ -192,8 +191,7 @@ def _nightly(spark, data_dir, run_date, out_dir, config, keep_rankings, night) -
             # the image cache is shared with training and other dates: wait for it
             with stages("images"), hold(spark, out_dir, "image_cache", config, wait=True):
                 themes, _, embeddings = run_image_stage(tables, data_dir, out_dir, config, night, pinned)
-                catalog = catalog.with_themes(themes.sale_themes, themes.sale_attributes, embeddings,
-                                              themes.attribute_probabilities)
+                catalog = catalog.with_themes(themes.sale_themes, themes.sale_attributes, embeddings)
         context = ScoringContext.build(tables, catalog, run_date)
         active = context.active_users(config["active_lookback_days"]).cache()
         release.callback(active.unpersist)

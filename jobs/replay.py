@@ -140,8 +140,7 @@ def run_backtest(spark: SparkSession, data_dir: str, start: dt.date, end: dt.dat
             with stages("images"):
                 with hold(spark, out_dir, "image_cache", config, wait=True):  # shared with train, nightly
                     themes, _, embeddings = run_image_stage(tables, data_dir, out_dir, config)
-                    catalog = catalog.with_themes(themes.sale_themes, themes.sale_attributes, embeddings,
-                                                  themes.attribute_probabilities)
+                    catalog = catalog.with_themes(themes.sale_themes, themes.sale_attributes, embeddings)
         examples_cache: dict = {}
         per_user, per_day_coverage, skipped, calibration = [], [], {}, {}
         dates = _dates(start, end)

@@ -5,9 +5,8 @@ A sale's profile is one-hot over its feature values (``destination=Crete``,
 ``theme=7``: the sale's dominant theme).  A tagger trained on catalogue attributes named after
 these columns (tags ``destination=...``, ``category=...``) fills a sale's missing destination or
 category with the value predicted from its photos, so a sale with only a photo is matched on
-the same groups as one with metadata, a predicted value weighing the tagger's probability of
-it where a known one weighs 1; its other attributes (colour, pattern) reach content-based only
-through the themes.  A user's profile is the weighted sum of the profiles of the sales
+the same groups as one with metadata; its other attributes (colour, pattern) reach content-based
+only through the themes.  A user's profile is the weighted sum of the profiles of the sales
 they visited (weight ``visit_weight``) and bought (plus ``purchase_weight``), normalised within
 each feature group, so the score of a sale is the sum over groups of the share of the user's
 history that matches it (0 to #groups).
@@ -32,18 +31,12 @@ def price_bands(prices: pd.Series, reference: pd.Series, n_bands: int) -> pd.Ser
     return bands.where(prices.notna(), None)
 
 
-def _known_or_predicted(catalog, column: str) -> tuple[pd.Series, np.ndarray]:
-    """The sales' ``column``, its missing values filled with those predicted from the photos,
-    and each value's weight in a profile: 1 when known, the tagger's probability when predicted
-    (an uncertain guess matches less than a known value)."""
-    sales, attributes = catalog.sales, catalog.attributes
+def _known_or_predicted(sales: pd.DataFrame, attributes: pd.DataFrame | None, column: str) -> pd.Series:
+    """The sales' ``column``, its missing values filled with those predicted from the photos."""
     known = sales[column] if column in sales.columns else pd.Series(None, index=sales.index, dtype=object)
-    weights = np.ones(len(sales))
     if attributes is None or column not in attributes.columns:
-        return known, weights
-    predicted = known.isna().to_numpy() & attributes[column].notna().to_numpy()
-    weights[predicted] = catalog.attribute_probabilities[column].to_numpy()[predicted]
-    return known.where(known.notna(), attributes[column].set_axis(sales.index)), weights
+        return known
+    return known.where(known.notna(), attributes[column].set_axis(sales.index))
 
 
 class ContentBased(Recommender):
@@ -55,33 +48,31 @@ class ContentBased(Recommender):
         self.purchase_weight = purchase_weight
 
     def fit(self, context) -> ContentBased:
-        catalog = context.catalog
-        sales, attributes = catalog.sales, catalog.attributes
-        values = {c: _known_or_predicted(catalog, c) for c in FEATURE_COLUMNS
+        sales = context.catalog.sales
+        attributes = context.catalog.attributes
+        values = {c: _known_or_predicted(sales, attributes, c) for c in FEATURE_COLUMNS
                   if c in sales.columns or (attributes is not None and c in attributes.columns)}
-        certain = np.ones(len(sales))
         if "price" in sales.columns:
             known = sales.loc[sales["open_date"] <= context.as_of, "price"].dropna()
             if len(known):
-                values["price_band"] = price_bands(sales["price"], known, self.price_bands), certain
-        themes = catalog.themes
+                values["price_band"] = price_bands(sales["price"], known, self.price_bands)
+        themes = context.catalog.themes
         if themes is not None:  # photos are sale metadata: known before the sale opens
             dominant = pd.Series(themes.argmax(axis=1), index=sales.index).astype("object")
-            values["theme"] = dominant.where(themes.sum(axis=1) > 0, None), certain
-        rows, cols, data, groups, names = [], [], [], [], []
-        for group, (column, (series, weights)) in enumerate(values.items()):
+            values["theme"] = dominant.where(themes.sum(axis=1) > 0, None)
+        rows, cols, groups, names = [], [], [], []
+        for group, (column, series) in enumerate(values.items()):
             for value in sorted(series.dropna().unique(), key=str):
                 matches = np.flatnonzero((series == value).to_numpy())
                 rows.append(matches)
                 cols.append(np.full(len(matches), len(names)))
-                data.append(weights[matches])
                 groups.append(group)
                 names.append(f"{column}={value}")
         n_features = len(names)
-        rows, cols, data = (np.concatenate(a) if a else np.zeros(0) for a in (rows, cols, data))
+        rows = np.concatenate(rows) if rows else np.zeros(0, dtype=int)
+        cols = np.concatenate(cols) if cols else np.zeros(0, dtype=int)
         self.feature_names_ = names
-        self.profiles_ = sp.csr_matrix((data, (rows.astype(int), cols.astype(int))),
-                                       shape=(len(sales), n_features))
+        self.profiles_ = sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(sales), n_features))
         # feature -> group indicator, to normalise a user's profile within each group
         self.groups_ = sp.csr_matrix((np.ones(n_features), (np.arange(n_features), groups)),
                                      shape=(n_features, len(values)))

@@ -112,12 +112,6 @@ def test_content_fills_missing_metadata_with_attributes_predicted_from_the_photo
     assert known.loc["s3", "category"] == known.loc["s1", "category"]
     np.testing.assert_allclose(filled, full)
     np.testing.assert_allclose(full - missing, [[0, 0, 1, 0]])
-    # given the tagger's probability of its prediction (0.6), s3's predicted category matches
-    # by that much; the known categories' matches (s1's probability is unused) stay whole
-    probabilities = pd.DataFrame({"category": [0.2, 0.0, 0.6, 0.0], "colour": [0.9, 0.8, 0.0, 0.7]},
-                                 index=["s1", "s2", "s3", "s4"])
-    _, weighed = scores(photo_only.with_themes(themes, predicted, None, probabilities))
-    np.testing.assert_allclose(weighed - missing, [[0, 0, 0.6, 0]])
 
 
 def top_k_rows(world, users, k: int) -> int:

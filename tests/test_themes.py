@@ -4,7 +4,7 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 
-from salerank.features.themes import attribute_probabilities, fit_themes, sale_attributes, sale_tag_matrix
+from salerank.features.themes import fit_themes, sale_attributes, sale_tag_matrix
 from salerank.recommenders import ImageThemes, UserHistory
 
 
@@ -106,11 +106,6 @@ def test_each_sale_gets_its_most_probable_value_of_each_attribute():
     assert list(attributes.columns) == ["colour", "type"]
     assert attributes.loc["s1"].tolist() == ["Red", "Dress"]
     assert attributes.loc["s2", "colour"] is None and attributes.loc["s2", "type"] == "Hat"
-    # with the tagger's probability of each: its mean over the sale's photos (Dress: 0.9 and 0)
-    probabilities = attribute_probabilities(sale_tag_matrix(tags))
-    np.testing.assert_allclose(probabilities.loc[["s1", "s2"]].to_numpy(), [[0.55, 0.45], [0.0, 0.4]])
     # fitted themes carry them, and a tagger without attributes gives none
-    fitted = fit_themes(tags, n_themes=2, seed=0)
-    assert fitted.sale_attributes.loc["s1", "colour"] == "Red"
-    assert fitted.attribute_probabilities.loc["s1", "colour"] == 0.55
+    assert fit_themes(tags, n_themes=2, seed=0).sale_attributes.loc["s1", "colour"] == "Red"
     assert sale_attributes(sale_tag_matrix(_beach_and_ski_tags())).shape == (20, 0)
