@@ -42,24 +42,41 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     flat = descending.reshape(-1)
     values = flat[along_rows(descending, cols)]
     cols = cols.reshape(-1)[along_rows(cols, np.argsort(values, axis=1, kind="stable"))]
-    tied = np.flatnonzero(flat[along_rows(descending, part[:, k:k + 1])][:, 0] == values.max(axis=1))
+    best = flat[along_rows(descending, cols)]  # sorted: the k-th is last
+    tied = np.flatnonzero(flat[along_rows(descending, part[:, k:k + 1])][:, 0] == best[:, -1])
     if len(tied):
-        cols[tied] = _top_k_of_tied_rows(descending[tied], k)
+        cols[tied] = _settle_ties(descending, tied, cols[tied], best[tied])
     return cols
 
 
-def _top_k_of_tied_rows(descending: np.ndarray, k: int) -> np.ndarray:
-    """:func:`top_k` of rows whose ``k``-th best ties with sales beyond it: of the tied,
-    the lowest columns are chosen."""
-    n, m = descending.shape
-    kth = np.partition(descending, k - 1, axis=1)[:, k - 1:k]
-    above = descending < kth
-    tied = descending == kth
-    room = k - above.sum(axis=1, keepdims=True)
-    chosen = above | (tied & (np.cumsum(tied, axis=1) <= room))
-    cols = np.nonzero(chosen)[1].reshape(n, k)  # k per row, in column order
-    best = np.take_along_axis(descending, cols, axis=1)
-    return np.take_along_axis(cols, np.argsort(best, axis=1, kind="stable"), axis=1)
+TIE_CHUNK = 64  # columns scanned at a time for the first of the sales tied with the k-th
+
+
+def _settle_ties(descending: np.ndarray, rows: np.ndarray, cols: np.ndarray, best: np.ndarray) -> np.ndarray:
+    """:func:`top_k` of ``rows``, whose ``k``-th best ties with sales beyond it (``cols``,
+    ``best``: a top k of theirs and its values, sorted): those strictly better stay, then
+    the lowest columns of the tied. The rows are scanned a chunk of columns at a time and
+    a row stops once its tied are found, so wide ties (a sparse score, where most sales
+    tie at 0) cost a chunk, not a row: the cost does not grow with how the data ties."""
+    n, k = cols.shape
+    kth = best[:, -1:]
+    above = (best < kth).sum(axis=1)  # the strictly better are all among the chosen k
+    room = k - above
+    found = np.zeros((n, k), dtype=cols.dtype)  # each row's tied columns, in column order
+    count = np.zeros(n, dtype=np.int64)
+    pending = np.arange(n)
+    for start in range(0, descending.shape[1], TIE_CHUNK):
+        hit_rows, hit_cols = np.nonzero(descending[rows[pending], start:start + TIE_CHUNK] == kth[pending])
+        order = np.arange(len(hit_rows)) - np.searchsorted(hit_rows, hit_rows)  # hit's order in its row
+        row = pending[hit_rows]
+        keep = order < (room - count)[row]
+        found[row[keep], count[row[keep]] + order[keep]] = start + hit_cols[keep]
+        count += np.bincount(row[keep], minlength=n)
+        pending = pending[count[pending] < room[pending]]
+        if not len(pending):
+            break
+    position = np.arange(k)[None, :] - above[:, None]  # after the strictly better, the tied
+    return np.where(position < 0, cols, np.take_along_axis(found, np.maximum(position, 0), axis=1))
 
 
 @dataclass(frozen=True)

@@ -192,6 +192,23 @@ def test_top_k_equals_a_stable_full_sort(k):
     np.testing.assert_array_equal(top_k(scores, k), expected)
 
 
+@pytest.mark.parametrize("chunk", [1, 7, 64])
+def test_top_k_settles_wide_and_narrow_ties_as_a_stable_full_sort(monkeypatch, chunk):
+    """Ties found a chunk of columns at a time: a sparse score (most sales tied at 0, the
+    k-th among them), ties of two at the k-th, and rows of one value throughout."""
+    from salerank.metamodel import ranking
+
+    monkeypatch.setattr(ranking, "TIE_CHUNK", chunk)
+    rng = np.random.default_rng(chunk)
+    sparse = np.where(rng.random((200, 300)) < 0.02, rng.random((200, 300)), 0.0)
+    narrow = rng.random((200, 300))
+    narrow[:, 150] = np.sort(narrow, axis=1)[:, -10]  # ties with each row's 10th best
+    flat = np.full((5, 300), 0.5)
+    for scores in (sparse, narrow, flat, np.vstack([sparse[:3], narrow[:3], flat[:1]])):
+        expected = np.argsort(-scores, axis=1, kind="stable")[:, :10]
+        np.testing.assert_array_equal(top_k(scores, 10), expected)
+
+
 def test_rank_top_k_skips_what_was_bought():
     ranked = RankTopK(None, k=3, strategies=("x",))(block()).to_pandas()
     a = ranked[ranked.user_id == "a"]
