@@ -113,6 +113,9 @@ def _validate(config: dict, source: str) -> None:
     enabled = config["recommenders"]["enabled"]
     if not isinstance(enabled, list) or not enabled:
         problems.append(f"recommenders.enabled must be a non-empty list of recommenders, got {enabled!r}")
+    if isinstance(enabled, list) and "bpr" in enabled and config["fit"]["max_users"] is not None:
+        problems.append("recommenders.enabled has bpr and fit.max_users is set: BPR has no fold-in, so every "
+                        "user outside the fit's sample would score 0; leave bpr out or set fit.max_users: null")
     for key, known in _known_names().items():
         chosen = _setting(config, key)
         if key == "recommenders.enabled" and not isinstance(chosen, list):

@@ -59,11 +59,12 @@ def test_the_feature_settings_name_the_recommenders_and_the_fit_sample_only_when
     without_bpr = load_config(overrides={"recommenders": {"enabled": ["popularity", "item_cf", "content", "als"]}})
     tuned_away = load_config(overrides={"recommenders": {"enabled": ["popularity", "item_cf", "content", "als"],
                                                          "bpr": {"factors": 8}}})
-    capped = load_config(overrides={"fit": {"max_users": 1000}})
+    capped = load_config(overrides={"recommenders": {"enabled": ["popularity", "item_cf", "content", "als"]},
+                                    "fit": {"max_users": 1000}})
     assert feature_config_hash(base) == feature_config_hash(reordered)
     # a recommender left out changes the features, and its settings then no longer matter
     assert feature_config_hash(without_bpr) == feature_config_hash(tuned_away) != feature_config_hash(base)
-    assert feature_config_hash(capped) != feature_config_hash(base)
+    assert feature_config_hash(capped) != feature_config_hash(without_bpr)
 
 
 @pytest.mark.parametrize("depth", [0, -3, 2.5, "100", True])
@@ -94,6 +95,8 @@ BAD_VALUES = {
     "unknown recommender": ({"recommenders": {"enabled": ["als", "ease"]}}, "recommenders.enabled: unknown 'ease'"),
     "no recommender": ({"recommenders": {"enabled": []}}, "recommenders.enabled must be a non-empty list"),
     "fit on no user": ({"fit": {"max_users": 0}}, "fit.max_users must be null or a whole number of at least 1"),
+    "bpr on a sample": ({"recommenders": {"enabled": ["als", "bpr"]}, "fit": {"max_users": 10}},
+                        "BPR has no fold-in"),
     "never released": ({"image_labelling": {"release_after_seconds": None}},
                        "image_labelling.release_after_seconds must be a positive number, got None"),
 }
