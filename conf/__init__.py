@@ -111,8 +111,8 @@ def _validate(config: dict, source: str) -> None:
         problems.append(f"registry.promotion_tolerance must be a number of at least 0 (absolute NDCG), "
                         f"got {tolerance!r}")
     enabled = config["recommenders"]["enabled"]
-    if not isinstance(enabled, list) or not enabled:
-        problems.append(f"recommenders.enabled must be a non-empty list of recommenders, got {enabled!r}")
+    if not isinstance(enabled, list) or not enabled or len(set(map(str, enabled))) < len(enabled):
+        problems.append(f"recommenders.enabled must be a non-empty list of recommenders, each once, got {enabled!r}")
     if isinstance(enabled, list) and "bpr" in enabled and config["fit"]["max_users"] is not None:
         problems.append("recommenders.enabled has bpr and fit.max_users is set: BPR has no fold-in, so every "
                         "user outside the fit's sample would score 0; leave bpr out or set fit.max_users: null")

@@ -105,6 +105,23 @@ class Catalog:
         return self.sales["sale_id"].to_numpy()[idx]
 
 
+def _literal_map(table: dict):
+    """A Spark map column of ``table``'s keys and values."""
+    return F.create_map(*[F.lit(x) for pair in table.items() for x in pair])
+
+
+def _largest_remainder(sizes: dict, total_quota: int) -> dict:
+    """Each key's share of ``total_quota`` in proportion to its size, whole numbers adding up
+    to ``total_quota`` (the largest remainders rounded up; ties to the lower key)."""
+    total = sum(sizes.values())
+    exact = {k: size * total_quota / total for k, size in sizes.items()}
+    quotas = {k: int(v) for k, v in exact.items()}
+    left = total_quota - sum(quotas.values())
+    for k in sorted(exact, key=lambda k: (quotas[k] - exact[k], k))[:left]:
+        quotas[k] += 1
+    return quotas
+
+
 @dataclass
 class ScoringContext:
     """What is known at the start of ``as_of``: the catalogue, the sales open that day and
@@ -137,24 +154,34 @@ class ScoringContext:
 
     def collect_interactions(self, columns: list[str], max_users: int | None = None, seed: int = 0) -> pa.Table:
         """``columns`` of :meth:`interactions` as Arrow on the driver (no Python object per
-        row), of at most ``max_users`` users (None: all): in each stratum of activity
-        (``floor(log2(sales the user touched))``) the same share of its users, the first by a
-        seeded hash of ``user_id``, so the sample keeps the mix of light and heavy users and
-        does not depend on the partitioning."""
+        row), of at most ``max_users`` users (None: all), with their whole histories.
+
+        The sample is stratified by activity (``floor(log2(sales the user touched))``): each
+        stratum's quota is its share of ``max_users``, rounded by largest remainder so the
+        quotas add up to ``max_users``; within a stratum the users first by a seeded hash of
+        ``user_id``, so the sample does not depend on the partitioning. Only a seeded
+        candidate draw a little larger than each quota (a hash below the quota's share plus a
+        margin) is ranked, so no task sorts a whole stratum."""
         interactions = self.interactions()
         if max_users is None:
             return interactions.select(*columns).toArrow()
-        cached = interactions = interactions.cache()
+        wanted = list(dict.fromkeys(["user_id", *columns]))
+        cached = interactions = interactions.select(*wanted).cache()
         try:
-            users = interactions.groupBy("user_id").agg(F.floor(F.log2(F.count("*"))).alias("stratum"))
+            uniform = (F.pmod(F.xxhash64("user_id", F.lit(seed)), F.lit(1 << 53)) / float(1 << 53))
+            users = (interactions.groupBy("user_id").agg(F.floor(F.log2(F.count("*"))).alias("stratum"))
+                     .withColumn("draw", uniform))
             sizes = {r["stratum"]: r["count"] for r in users.groupBy("stratum").count().collect()}
             total = sum(sizes.values())
-            if total > max_users:  # floor: the strata's quotas add up to at most max_users
-                quota = F.create_map(*[F.lit(x) for stratum, size in sizes.items()
-                                       for x in (stratum, size * max_users // total)])
-                order = Window.partitionBy("stratum").orderBy(F.xxhash64("user_id", F.lit(seed)), "user_id")
-                chosen = (users.withColumn("position", F.row_number().over(order))
-                          .filter(F.col("position") <= quota[F.col("stratum")]).select("user_id"))
+            if total > max_users:
+                quotas = _largest_remainder(sizes, max_users)
+                # a Bernoulli draw of about quota + 4 standard deviations + 10 per stratum holds
+                # the quota's first users by draw unless ~1e-5 unlucky: then fewer are kept
+                cut = {s: min(1.0, (q + 4 * q ** 0.5 + 10) / sizes[s]) for s, q in quotas.items()}
+                order = Window.partitionBy("stratum").orderBy("draw", "user_id")
+                chosen = (users.filter(F.col("draw") < _literal_map(cut)[F.col("stratum")])
+                          .withColumn("position", F.row_number().over(order))
+                          .filter(F.col("position") <= _literal_map(quotas)[F.col("stratum")]).select("user_id"))
                 interactions = interactions.join(chosen, "user_id", "left_semi")
             return interactions.select(*columns).toArrow()
         finally:

@@ -6,17 +6,19 @@ long after the photos are tagged. Here the worker only forwards each chunk of ph
 child process (``python -m salerank.image_labelling.backbone_process``) over a pipe; the
 child loads the backbone once, serves every task that comes while it is busy, and exits after
 ``idle_seconds`` without a request (or when its parent is gone), taking TensorFlow with it.
-A request that finds it gone starts a new one.
+A request that finds it gone starts a new one. POSIX only (pipes passed by descriptor):
+Linux and macOS, where Spark's Python workers run.
 """
 from __future__ import annotations
 
 import os
 import pickle
-import select
+import selectors
 import struct
 import subprocess
 import sys
 import threading
+import traceback
 
 from .tagger import Backbone, Embeddings
 
@@ -67,15 +69,18 @@ class BackboneProcess:
             try:
                 _send(self._to_child, images)
                 answer = _receive(self._from_child)
-            except (BrokenPipeError, OSError):
+            except OSError:  # BrokenPipeError: it had exited
                 answer = None
+            except BaseException:  # half a message may be left in the pipes: never reuse them
+                self._stop()
+                raise
             if answer is not None:
                 if isinstance(answer, BaseException):
                     raise answer
                 return answer
             self._stop()
         raise RuntimeError(f"the backbone process ({self.name}) exited while embedding photos "
-                           f"(exit code {self._last_exit})")
+                           f"(exit code {self._last_exit}; its error is in the worker's stderr)")
 
     @property
     def pid(self) -> int | None:
@@ -96,6 +101,12 @@ class BackboneProcess:
         self._to_child, self._from_child = requests_write, answers_read
         # reaped as soon as it exits, not left a zombie until the next request
         threading.Thread(target=self._child.wait, daemon=True).start()
+        ready = _receive(self._from_child)  # the backbone loaded, or why it could not
+        if not isinstance(ready, str):
+            self._stop()
+            raise ready if isinstance(ready, BaseException) else RuntimeError(
+                f"the backbone process ({self.name}) exited before loading the backbone "
+                f"(exit code {self._last_exit}; its error is in the worker's stderr)")
 
     _last_exit: int | None = None
 
@@ -116,16 +127,24 @@ class BackboneProcess:
 
 
 def serve(name: str, cache_dir: str | None, idle_seconds: float, requests: int, answers: int) -> None:
-    """The child's loop: embed each request until none comes for ``idle_seconds``."""
-    backbone = Backbone(name, cache_dir)
-    while select.select([requests], [], [], idle_seconds)[0]:
+    """The child's loop: say it is ready (or why not), then embed each request until none
+    comes for ``idle_seconds``. Errors go back to the caller with their traceback."""
+    try:
+        backbone = Backbone(name, cache_dir)
+    except Exception:
+        _send(answers, RuntimeError(f"the backbone {name} could not be loaded:\n{traceback.format_exc()}"))
+        return
+    _send(answers, "ready")
+    waiting = selectors.DefaultSelector()  # not select.select: the pipe's number may be above 1023
+    waiting.register(requests, selectors.EVENT_READ)
+    while waiting.select(idle_seconds):
         images = _receive(requests)
         if images is None:  # the parent closed its end, or is gone
             return
         try:
             answer = backbone.embed_images(images)
-        except Exception as err:  # the caller raises it, with this traceback's message
-            answer = RuntimeError(f"embedding photos failed: {err!r}")
+        except Exception:
+            answer = RuntimeError(f"embedding photos failed:\n{traceback.format_exc()}")
         _send(answers, answer)
 
 

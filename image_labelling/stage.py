@@ -67,8 +67,9 @@ def sale_embeddings(embeddings: pd.DataFrame) -> pd.DataFrame:
 
 def _backbone(name: str, cache_dir: str | None, idle_seconds: float) -> BackboneProcess:
     """The backbone of this process (a Spark worker, or the driver), in a child process that
-    exits after ``idle_seconds`` without photos: TensorFlow's memory is released once the
-    photos are tagged (``image_labelling.release_after_seconds``)."""
+    exits after ``idle_seconds`` without photos (``image_labelling.release_after_seconds``):
+    the workers' TensorFlow memory is released once the photos are tagged. (The driver still
+    imports Keras to train the tagger's head.)"""
     key = (name, cache_dir, idle_seconds)
     if key not in _WORKER_BACKBONES:
         _WORKER_BACKBONES[key] = BackboneProcess(name, cache_dir, idle_seconds)

@@ -63,7 +63,7 @@ def feature_config_hash(config: dict) -> str:
     if set(enabled) != set(HISTORY_RECOMMENDERS):
         recommenders = {name: s for name, s in recommenders.items() if name not in HISTORY_RECOMMENDERS
                         or name in enabled} | {"enabled": sorted(enabled)}
-    if config["fit"]["max_users"] is not None:
+    if config["fit"]["max_users"] is not None and {"als", "bpr"} & set(enabled):
         recommenders["fit_max_users"] = config["fit"]["max_users"]
     relevant = {"recommenders": recommenders, "signals": config["metamodel"]["signals"],
                 "ranks": config["metamodel"]["ranks"],

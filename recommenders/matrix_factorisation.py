@@ -8,7 +8,8 @@ with the users.  Only the item factors of the catalogue are broadcast.  ALS fold
 block's users in from their history (``recalculate_user``: one exact least-squares solve per
 user against the item factors), so users outside the fit still get factors; BPR has no such
 solve: its user factors are joined to the users' histories when they are scored
-(``user_state``), never broadcast (users it never saw score 0).
+(``user_state``), never broadcast (users it never saw score 0; hence the configuration
+refuses BPR with ``fit.max_users``).
 
 Sales that nobody had touched before the day have no signal: their factors stay at their
 small random start and their scores are near 0.  The image themes cover those sales.
@@ -16,7 +17,6 @@ small random start and their scores are near 0.  The image themes cover those sa
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pyarrow.compute as pc
 import scipy.sparse as sp
 
@@ -52,7 +52,6 @@ class _ImplicitMF(Recommender):
         matrix = sp.csr_matrix((weight.astype(np.float32), (rows, pairs["sale_idx"].to_numpy())),
                                shape=(len(users), len(context.catalog)))
         matrix.sort_indices()  # each row's sales in order, as the factors' sums must be
-        users = pd.Index(users.to_numpy(zero_copy_only=False))
         self.model_ = None  # nothing happened before the day: every score is 0
         if matrix.nnz:
             from threadpoolctl import threadpool_limits
@@ -66,8 +65,8 @@ class _ImplicitMF(Recommender):
             # per-user factors never travel with the broadcast model
             user_factors = np.asarray(self.model_.user_factors)
             self.model_.user_factors = user_factors[:0].copy()
-            if not self.folds_users_in:
-                self.user_ids_, self.user_factors_ = users.to_numpy(), user_factors
+            if not self.folds_users_in:  # only then a Python string per user
+                self.user_ids_, self.user_factors_ = users.to_numpy(zero_copy_only=False), user_factors
         self.open_idx_ = context.open_idx
         return self
 
@@ -125,7 +124,8 @@ class BPR(_ImplicitMF):
     factors, learning_rate, regularization, iterations : the model's.
     visit_weight, purchase_weight : only whether a weight is positive matters to BPR.
     seed : initial factors and sampling.
-    max_users : fit on at most this many users, as ALS's; the others score 0 (no fold-in).
+    max_users : fit on at most this many users, as ALS's; the others score 0 (no fold-in:
+        the configuration refuses it with ``fit.max_users``).
     threads : 1 (the default) gives the same factors for the same seed. More threads fit
         faster, but ``implicit`` then updates the factors lock-free (Hogwild), so they, and
         the night's recommendations, depend on thread timing.

@@ -94,6 +94,7 @@ BAD_VALUES = {
     "stale as text": ({"max_data_lag_days": "2"}, "max_data_lag_days must be null or a whole number"),
     "unknown recommender": ({"recommenders": {"enabled": ["als", "ease"]}}, "recommenders.enabled: unknown 'ease'"),
     "no recommender": ({"recommenders": {"enabled": []}}, "recommenders.enabled must be a non-empty list"),
+    "a recommender twice": ({"recommenders": {"enabled": ["als", "als"]}}, "each once, got ['als', 'als']"),
     "fit on no user": ({"fit": {"max_users": 0}}, "fit.max_users must be null or a whole number of at least 1"),
     "bpr on a sample": ({"recommenders": {"enabled": ["als", "bpr"]}, "fit": {"max_users": 10}},
                         "BPR has no fold-in"),

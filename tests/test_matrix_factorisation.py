@@ -132,9 +132,9 @@ def test_the_fit_sample_is_bounded_keeps_each_activity_stratum_share_and_whole_h
     strata = np.floor(np.log2(touched)).astype(int)
     sample = context.collect_interactions(["user_id", "sale_idx"], max_users=50, seed=1).to_pandas()
     chosen = sample.groupby("user_id").size()
-    assert len(chosen) <= 50
-    # each stratum keeps floor(its size x 50 / 200) users, and each of them with every sale
-    expected = (strata.value_counts() * 50 // 200).sort_index()
+    # each stratum keeps its share of the 50 (3.25, 6.5, 13, 24.25 and 3 users), rounded by
+    # largest remainder to 50 in all, and each of them with every sale they touched
+    expected = pd.Series({0: 3, 1: 7, 2: 13, 3: 24, 4: 3})
     pd.testing.assert_series_equal(strata[chosen.index].value_counts().sort_index(), expected, check_names=False)
     pd.testing.assert_series_equal(chosen, touched[chosen.index])
     # seeded, and the same whatever the partitioning of the events
@@ -155,6 +155,9 @@ def test_als_fitted_on_a_sample_of_users_still_folds_everyone_in(context):
         same, other = (range(5), range(5, 10)) if user < "u20" else (range(5, 10), range(5))
         scores = capped.score(history(capped, items, user))[0]
         assert scores[[i for i in same if i not in items]].min() > scores[list(other)].max(), user
+    # the cap reached the fit: other factors than from everyone
+    assert not np.allclose(np.asarray(capped.model_.item_factors), np.asarray(ALS(factors=2, iterations=20)
+                                                                               .fit(context).model_.item_factors))
     # a cap that does not bind fits exactly what no cap fits
     np.testing.assert_array_equal(np.asarray(ALS(factors=2, max_users=40).fit(context).model_.item_factors),
                                   np.asarray(ALS(factors=2).fit(context).model_.item_factors))

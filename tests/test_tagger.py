@@ -1,4 +1,5 @@
 """The tagger on real labelled photos (../shared/data/intel-scenes), and bad image files."""
+import os
 from pathlib import Path
 
 import numpy as np
@@ -62,16 +63,26 @@ def test_missing_corrupt_and_non_image_files_are_reported(backbone, tmp_path):
 
 
 def _processes(*markers: str) -> list[int]:
-    """The processes whose command line holds every one of ``markers``."""
-    found = []
+    """This test process's descendants (its Spark JVM's Python workers and theirs) whose
+    command line holds every one of ``markers``."""
+    parents, lines = {}, {}
     for entry in Path("/proc").iterdir():
         try:
-            line = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode() if entry.name.isdigit() else ""
-            if line and all(m in line for m in markers):
-                found.append(int(entry.name))
+            if entry.name.isdigit():
+                stat = (entry / "stat").read_text()
+                parents[int(entry.name)] = int(stat[stat.rindex(")") + 2:].split()[1])
+                lines[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
         except OSError:  # it ended while we looked
             pass
-    return found
+
+    def descends(pid: int) -> bool:
+        while pid > 1:
+            pid = parents.get(pid, 0)
+            if pid == os.getpid():
+                return True
+        return False
+
+    return [pid for pid, line in lines.items() if all(m in line for m in markers) and descends(pid)]
 
 
 def _maps_tensorflow(pid: int) -> bool:
@@ -96,11 +107,11 @@ def test_without_hand_labels_imagenet_classes_are_the_tags_and_tensorflow_leaves
     (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
     images = spark.createDataFrame([("s1", "flower.jpg"), ("s1", "broken.jpg"), ("s2", "gone.jpg")],
                                    "sale_id string, image_path string")
-    config = {**config, "image_labelling": {**config["image_labelling"], "release_after_seconds": 12.5}}
+    config = {**config, "image_labelling": {**config["image_labelling"], "release_after_seconds": 20.5}}
     result = tag_images(images, None, str(tmp_path), None, config, seed=0)
     linux = Path("/proc/self/maps").exists()
-    if linux:  # read before the backbone process's 12.5 s are up
-        mine = _processes("salerank.image_labelling.backbone_process", " 12.5 ")
+    if linux:  # read before the backbone process's 20.5 s without photos are up
+        mine = _processes("salerank.image_labelling.backbone_process", " 20.5 ")
         assert mine and all(map(_maps_tensorflow, mine))  # the backbone was here, just finished
         workers = _processes("pyspark.daemon")
         assert workers and not any(map(_maps_tensorflow, workers))
