@@ -13,7 +13,7 @@ from salerank.jobs.cli import main
 from salerank.metamodel.evaluation import PER_USER
 
 pytestmark = pytest.mark.slow
-MODELS = {"metamodel", "popularity", "item_cf", "content", "als", "bpr", "fallback"}
+MODELS = {"metamodel", "popularity", "item_cf", "content", "als", "fallback"}
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +145,7 @@ def test_same_seed_same_backtest_bit_for_bit(spark, backtest, world, world_dir, 
     again = _run(spark, world, world_dir, bt_config, tmp_path)
     assert (tmp_path / "metrics.json").read_text() == (out / "metrics.json").read_text()
     d = world.last_date - dt.timedelta(days=1)
-    for model in ("metamodel", "bpr"):
+    for model in ("metamodel", "als"):
         path = f"recommendations/model={model}/run_date={d}"
         read = lambda root: (spark.read.parquet(str(root / path)).toPandas()  # noqa: E731
                              .sort_values(["user_id", "rank"]).reset_index(drop=True))

@@ -41,12 +41,17 @@ def test_each_output_folder_gets_its_own_mlflow_store(config, tmp_path):
     assert tracking_uri(config, str(tmp_path / "second")) == f"sqlite:///{(tmp_path / 'second').resolve() / 'mlflow.db'}"
 
 
+ALL_FIVE = {"recommenders": {"enabled": ["popularity", "item_cf", "content", "als", "bpr"]},
+            "fit": {"max_users": None}}  # what every model registered before 2026-12-02 combined
+
+
 def test_the_registered_models_feature_settings_ignore_how_fast_bpr_fits():
     from salerank.jobs.registry import feature_config_hash
 
-    base = load_config()
-    threaded = load_config(overrides={"recommenders": {"bpr": {"threads": 2}}})
-    other_factors = load_config(overrides={"recommenders": {"bpr": {"factors": 16}}})
+    base = load_config(overrides=ALL_FIVE)
+    threaded = load_config(overrides={**ALL_FIVE, "recommenders": {**ALL_FIVE["recommenders"], "bpr": {"threads": 2}}})
+    other_factors = load_config(overrides={**ALL_FIVE, "recommenders": {**ALL_FIVE["recommenders"],
+                                                                         "bpr": {"factors": 16}}})
     assert feature_config_hash(base) == feature_config_hash(threaded) != feature_config_hash(other_factors)
     assert base["recommenders"]["bpr"]["threads"] == 1  # the hash did not touch the config
 
@@ -54,17 +59,19 @@ def test_the_registered_models_feature_settings_ignore_how_fast_bpr_fits():
 def test_the_feature_settings_name_the_recommenders_and_the_fit_sample_only_when_changed():
     from salerank.jobs.registry import feature_config_hash
 
-    base = load_config()
-    reordered = load_config(overrides={"recommenders": {"enabled": ["bpr", "als", "content", "item_cf", "popularity"]}})
-    without_bpr = load_config(overrides={"recommenders": {"enabled": ["popularity", "item_cf", "content", "als"]}})
-    tuned_away = load_config(overrides={"recommenders": {"enabled": ["popularity", "item_cf", "content", "als"],
-                                                         "bpr": {"factors": 8}}})
-    capped = load_config(overrides={"recommenders": {"enabled": ["popularity", "item_cf", "content", "als"]},
-                                    "fit": {"max_users": 1000}})
-    assert feature_config_hash(base) == feature_config_hash(reordered)
+    five = load_config(overrides=ALL_FIVE)
+    # the hash such models were registered with (at d1d159e): they stay comparable
+    assert feature_config_hash(five) == "400290d9b7d015a5"
+    reordered = load_config(overrides={**ALL_FIVE, "recommenders": {
+        "enabled": ["bpr", "als", "content", "item_cf", "popularity"]}})
+    assert feature_config_hash(five) == feature_config_hash(reordered)
     # a recommender left out changes the features, and its settings then no longer matter
-    assert feature_config_hash(without_bpr) == feature_config_hash(tuned_away) != feature_config_hash(base)
-    assert feature_config_hash(capped) != feature_config_hash(without_bpr)
+    without_bpr = load_config(overrides={"fit": {"max_users": None}})
+    tuned_away = load_config(overrides={"fit": {"max_users": None}, "recommenders": {"bpr": {"factors": 8}}})
+    assert feature_config_hash(without_bpr) == feature_config_hash(tuned_away) != feature_config_hash(five)
+    # the fit's cap changes ALS's factors: it is part of the features (the default's included)
+    assert feature_config_hash(load_config()) != feature_config_hash(without_bpr)
+    assert feature_config_hash(load_config(overrides={"fit": {"max_users": 1000}})) != feature_config_hash(load_config())
 
 
 @pytest.mark.parametrize("depth", [0, -3, 2.5, "100", True])
@@ -129,4 +136,5 @@ def test_the_meta_model_combines_the_enabled_recommenders_in_one_order_and_the_f
     chosen = from_config(config)
     assert [r.name for r in chosen] == ["popularity", "als"]
     assert chosen[1].max_users == 500 and chosen[1].seed == config["seed"]
-    assert [r.name for r in from_config(load_config())] == ["popularity", "item_cf", "content", "als", "bpr"]
+    assert [r.name for r in from_config(load_config())] == ["popularity", "item_cf", "content", "als"]
+    assert load_config()["fit"]["max_users"] == 1_000_000

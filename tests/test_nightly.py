@@ -194,8 +194,7 @@ def test_quick_evaluation_against_the_days_purchases(world, night):
     todays = todays[[(u, s) not in hand["bought"] and s in hand["open"] and u in hand["active"]
                      for u, s in zip(todays.user_id, todays.sale_id)]]
     bought = todays.groupby("user_id").sale_id.agg(set)
-    assert set(result.metrics.index) == {"metamodel", "popularity", "item_cf", "content", "als", "bpr",
-                                         "image_themes"}
+    assert set(result.metrics.index) == {"metamodel", "popularity", "item_cf", "content", "als", "image_themes"}
     assert (result.metrics["users"] == len(bought)).all() and len(bought) > 0
     discount = 1 / np.log2(np.arange(2, 12))  # rank 1..10
     for strategy, row in result.metrics.iterrows():
