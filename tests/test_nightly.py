@@ -226,7 +226,7 @@ def test_training_is_recorded_and_registered_in_mlflow(trained):
     assert len(chosen) == 1
     assert (chosen.C.item(), chosen.negative_ratio.item()) == (logged["chosen_C"], logged["chosen_negative_ratio"])
     features = len(mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/metamodel_coefficients.json")) - 1
-    assert features == 6 + 3 + 6  # six recommenders' scores, three signals (no recency), six ranks
+    assert features == 5 + 3 + 5  # five recommenders' scores (no BPR by default), three signals, five ranks
     # the fallback list's model: popularity and the two signals that are the same for every user
     fallback = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/fallback_coefficients.json")
     assert set(fallback) == {"popularity", "days_open", "days_left", "rank_popularity", "intercept"}
