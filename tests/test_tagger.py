@@ -162,8 +162,6 @@ def test_a_saved_tagger_loads_to_the_same_head_and_a_tampered_one_is_refused(tmp
 def test_the_held_out_photos_share_no_sale_and_no_file_with_the_training_ones():
     """Six sales of three photos; one file is reused by sales s0 and s5, and s1 and s2 share
     an identical photo under two names: those sales must fall on one side together."""
-    import numpy as np
-
     from salerank.image_labelling.stage import held_out, holdout_groups
 
     images, sales_of = [], {}
