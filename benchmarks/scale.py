@@ -202,6 +202,8 @@ def main() -> None:
     parser.add_argument("--partitions", type=int, default=8, help="spark.scoring_partitions")
     parser.add_argument("--rank-depth", type=int, default=None,
                         help="metamodel.rank_depth (default: the configuration's; 0: exact ranks)")
+    parser.add_argument("--world", default="skewed", choices=("skewed", "zipf"),
+                        help="benchmarks/synthetic.py's world (zipf: no taste, Zipf-distributed sale popularity)")
     parser.add_argument("--conf", help="a configuration file merged under the benchmark's settings "
                                        "(its nights are kept apart, under nights-STEM)")
     args = parser.parse_args()
@@ -212,13 +214,14 @@ def main() -> None:
 
     import mlflow
 
-    out = Path(args.out) / f"{args.users}"
+    out = Path(args.out) / (f"{args.users}" if args.world == "skewed" else f"{args.users}-{args.world}")
     nights = out / ("nights" if args.rank_depth is None else f"nights-depth{args.rank_depth}")  # 0: exact
     if args.conf:
         nights = nights.with_name(f"{nights.name}-{Path(args.conf).stem}")
     data = out / "data"
     if not (data / "sizes.json").exists():
-        sizes, seconds = timed(generate, args.users, args.open_sales, data)
+        sizes, seconds = timed(generate, args.users, args.open_sales, data, world=args.world,
+                               purchase_rate=0.05 if args.world == "zipf" else 0.04)
         print(f"generated {json.dumps(sizes)} in {seconds:.0f} s")
     sizes = json.loads((data / "sizes.json").read_text())
     run_date = dt.date.fromisoformat(sizes["run_date"])

@@ -25,8 +25,13 @@ CATEGORIES = ("hotel", "resort", "villa", "apartment", "cruise", "tour", "campin
 
 def generate(n_users: int, open_sales: int, out: str | Path, days: int = 28, duration: int = 7,
              visits_per_user: float = 8.0, purchase_rate: float = 0.04, seed: int = 0,
-             run_date: dt.date = dt.date(2026, 3, 1)) -> dict:
-    """Write ``users, sales, sale_images (empty), visits, purchases`` to ``out``; return sizes."""
+             run_date: dt.date = dt.date(2026, 3, 1), world: str = "skewed") -> dict:
+    """Write ``users, sales, sale_images (empty), visits, purchases`` to ``out``; return sizes.
+
+    ``world``: ``skewed`` (users lean to two favourite destinations and to the first sales of
+    a day) or ``zipf`` (no taste: each visit goes to a sale open that day drawn by a Zipf law
+    over the sales' popularity, exponent 1.1; ``purchase_rate`` is then best 0.05), the world
+    the scale issue found three times as costly per user in the meta-model."""
     rng = np.random.default_rng(seed)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -69,6 +74,10 @@ def generate(n_users: int, open_sales: int, out: str | Path, days: int = 28, dur
     lean = (rng.random(n) < 0.5) & (sizes_of[wanted] > 0)
     pick = starts[wanted] + np.floor(rng.random(n) * np.maximum(sizes_of[wanted], 1)).astype(np.int64)
     sale[lean] = by_group[pick[lean]]
+    if world == "zipf":
+        sale = _zipf_visits(rng, day, opens, duration)
+    elif world != "skewed":
+        raise ValueError(f"world {world!r}: skewed or zipf")
     seconds = rng.integers(0, 86400, size=n)
     ts = (pd.Timestamp(first) + pd.to_timedelta(day, unit="D") + pd.to_timedelta(seconds, unit="s"))
     visits = pd.DataFrame({"user_id": users.user_id.to_numpy()[user],
@@ -93,6 +102,18 @@ def generate(n_users: int, open_sales: int, out: str | Path, days: int = 28, dur
     return sizes
 
 
+def _zipf_visits(rng, day: np.ndarray, opens: np.ndarray, duration: int, exponent: float = 1.1) -> np.ndarray:
+    """A sale per visit, among those open on its ``day``, by Zipf weights of a random
+    popularity rank of every sale."""
+    weight = 1.0 / (1 + rng.permutation(len(opens))) ** exponent
+    sale = np.empty(len(day), dtype=np.int64)
+    for d in np.unique(day):
+        open_now = np.flatnonzero((opens <= d) & (opens > d - duration))
+        visits = np.flatnonzero(day == d)
+        sale[visits] = rng.choice(open_now, size=len(visits), p=weight[open_now] / weight[open_now].sum())
+    return sale
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=100_000)
@@ -100,11 +121,14 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=28)
     parser.add_argument("--visits-per-user", type=float, default=8.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--world", default="skewed", choices=("skewed", "zipf"))
+    parser.add_argument("--purchase-rate", type=float, default=None, help="default 0.04, zipf 0.05")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     start = time.perf_counter()
+    rate = args.purchase_rate or (0.05 if args.world == "zipf" else 0.04)
     sizes = generate(args.users, args.open_sales, args.out, args.days,
-                     visits_per_user=args.visits_per_user, seed=args.seed)
+                     visits_per_user=args.visits_per_user, purchase_rate=rate, seed=args.seed, world=args.world)
     print(json.dumps(sizes), f"in {time.perf_counter() - start:.1f} s")
 
 
