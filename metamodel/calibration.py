@@ -95,15 +95,20 @@ def fit_calibration(log_odds: np.ndarray, labels: np.ndarray, weights: np.ndarra
     do not rise with purchases (slope <= 0) gets slope 0: every pair the observed rate."""
     labels, weights = np.asarray(labels, dtype=float), np.asarray(weights, dtype=float)
     base = float(np.clip(np.average(labels, weights=weights), 1e-12, 1 - 1e-12))
-    if labels.min() == labels.max():  # no purchase (or only purchases): nothing to calibrate on
+    log_odds = np.asarray(log_odds, dtype=float)
+    if labels.min() == labels.max() or np.ptp(log_odds) == 0:
+        # no purchase (or only purchases), or one log-odds for every pair (a model that learnt
+        # nothing, whose slope and intercept cannot be told apart): the observed rate
         return 0.0, float(logit(base))
-    x = np.column_stack([np.asarray(log_odds, dtype=float), np.ones(len(labels))])
+    x = np.column_stack([log_odds, np.ones(len(labels))])
     beta = np.array([0.0, logit(base)])
     for _ in range(100):
         p = expit(x @ beta)
         gradient = x.T @ (weights * (labels - p))
         hessian = (x * (weights * p * (1 - p))[:, None]).T @ x
-        step = np.linalg.solve(hessian, gradient)
+        # least squares: a Hessian that is singular in floating point (log-odds of a few values
+        # that separate the purchases) takes the smallest step instead of raising
+        step = np.linalg.lstsq(hessian, gradient, rcond=None)[0]
         beta += step
         if np.abs(step).max() < 1e-10:
             break

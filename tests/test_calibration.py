@@ -49,6 +49,20 @@ def test_a_useless_model_gets_the_base_rate():
     assert probability.max() / probability.min() < 2.5
 
 
+def test_log_odds_that_cannot_be_fitted_get_the_base_rate_or_a_finite_fit_not_an_error():
+    """One log-odds for every pair (slope and intercept cannot be told apart: a singular
+    Hessian, which stopped a training on the scale benchmark's Zipf world), and log-odds of two
+    values that separate the purchases (no finite maximum)."""
+    rng = np.random.default_rng(2)
+    label = rng.random(10_000) < 0.01
+    slope, intercept = fit_calibration(np.full(len(label), 0.3), label, np.ones(len(label)))
+    assert slope == 0 and expit(intercept) == pytest.approx(label.mean())
+    separating = np.where(label, 1.0, 0.0)
+    slope, intercept = fit_calibration(separating, label, np.ones(len(label)))
+    assert np.isfinite([slope, intercept]).all() and slope > 0
+    assert expit(slope + intercept) > 0.99 and expit(intercept) < 0.01
+
+
 @pytest.mark.slow
 def test_the_probability_does_not_depend_on_the_negatives_ratio(tables, catalog, config):
     """Trained with 2 or with 10 negatives per purchase, the raw sigmoid differs by several
