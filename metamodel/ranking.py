@@ -41,8 +41,8 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     cols = np.sort(part[:, :k], axis=1)
     flat = descending.reshape(-1)
     values = flat[along_rows(descending, cols)]
-    cols = cols.reshape(-1)[along_rows(cols, np.argsort(values, axis=1, kind="stable"))]
-    best = flat[along_rows(descending, cols)]  # sorted: the k-th is last
+    order = along_rows(cols, np.argsort(values, axis=1, kind="stable"))
+    cols, best = cols.reshape(-1)[order], values.reshape(-1)[order]  # best sorted: the k-th is last
     tied = np.flatnonzero(flat[along_rows(descending, part[:, k:k + 1])][:, 0] == best[:, -1])
     if len(tied):
         cols[tied] = _settle_ties(descending, tied, cols[tied], best[tied])
