@@ -1,24 +1,26 @@
 """The nightly run at scale, against the hardware floor and against peers, on the same data.
 
     python benchmarks/scale.py --users 100000 [--open-sales 1000] [--out /tmp/salerank-scale]
-        [--peers floor,path,implicit,spark_als] [--rank-depth N] [--conf FILE]
+        [--peers floor,path,implicit,spark_als[,spark_als_subset]] [--rank-depth N] [--conf FILE]
 
 1. ``synthetic.py`` writes USERS users, ~OPEN_SALES sales open on the run date, four weeks of
    visits and purchases (Parquet, in the data contract; photos off).
-2. ``salerank train`` (3 training days; BPR on every core) registers the meta-model; then
-   ``salerank nightly`` runs the whole night (load, score, export, report, publish, evaluate), with every stage
-   timed. The score stage is broken down by executor time per step (histories, each
-   recommender, meta-model + top-k), and the peak memory of the whole process tree (driver,
-   JVM, Python workers) is sampled.
+2. ``salerank train`` (3 training days) registers the meta-model; then ``salerank nightly``
+   runs the whole night (load, fit, score, export, report, publish, evaluate), with every
+   stage timed. The score stage is broken down by executor time per step (histories, each
+   recommender, meta-model, top-k). The peak memory of the process tree, and of each process
+   in it on its own (the driver's Python, the JVM, the largest Python worker), is sampled
+   during the training and during the night.
 3. Floors and peers, on the same users and open sales:
    - ``floor``: a dense GEMM of user factors x open-sale factors (32 dimensions, float32, all
      cores) and a top 10 per user by ``argpartition``, in blocks of 10,000 users. No real
      scorer can beat it.
    - ``implicit``: ALS (32 factors) fitted on the visits, then the batch
      ``recommend(users, user_items, N=10, items=<open sales>, filter_already_liked_items=True)``.
-   - ``spark_als``: Spark MLlib ALS (rank 32, implicit preferences) fitted on the visits, then
-     ``recommendForAllUsers(10)`` and ``recommendForUserSubset(active users, 10)``. MLlib ranks
-     every sale it knows, not only the open ones, and cannot be restricted to them.
+   - ``spark_als``: the whole job a team would otherwise run: visits read and indexed, Spark
+     MLlib ALS (rank 32, implicit preferences) fitted, ``recommendForAllUsers(10)`` written as
+     Parquet (``spark_als_subset`` also times ``recommendForUserSubset``). MLlib ranks every
+     sale it knows, not only the open ones, and cannot be restricted to them.
    - ``path``: the score stage's own Spark work with almost nothing scored: the same
      ``score_users`` path (events shuffled into histories, Arrow batches to the Python
      workers, 20 ranked rows per user back, cached and counted, as the night does), ranking
@@ -50,17 +52,22 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 class PeakMemory(threading.Thread):
-    """Samples the resident memory of this process and all its descendants (JVM, workers):
-    the peak of their sum, and the peak of the largest Python worker (a scoring task's
-    memory, which should not grow with the number of users)."""
+    """Samples the resident memory of this process and all its descendants, every ``every``
+    seconds: the peak of their sum, and the peak of each kind of process on its own, the
+    driver's Python (this process), the JVM (driver and, in local mode, executors), the
+    largest Python worker (a scoring task's memory, which should not grow with the users)
+    and the largest other descendant (a backbone child, say)."""
+
+    KINDS = ("tree", "driver_python", "jvm", "python_worker", "other")
 
     def __init__(self, every: float = 0.5):
         super().__init__(daemon=True)
-        self.every, self.peak, self.worker_peak, self.running = every, 0, 0, True
+        self.every, self.running = every, True
+        self.peaks = dict.fromkeys(self.KINDS, 0)
 
     @staticmethod
-    def tree_rss(root: int) -> tuple[int, int]:
-        """(RSS of ``root`` and its descendants, RSS of the largest Python descendant)."""
+    def tree_rss(root: int) -> dict[str, int]:
+        """RSS of ``root`` and its descendants: their sum, and the largest of each kind."""
         parents, rss, names = {}, {}, {}
         for entry in os.listdir("/proc"):
             if not entry.isdigit():
@@ -74,25 +81,27 @@ class PeakMemory(threading.Thread):
                 names[int(entry)] = stat[stat.index("(") + 1:stat.rindex(")")]
             except (OSError, IndexError, ValueError):
                 continue
-        total, worker, stack = 0, 0, [root]
+        sizes, stack = dict.fromkeys(PeakMemory.KINDS, 0), [root]
         while stack:
             pid = stack.pop()
-            total += rss.get(pid, 0)
-            if pid != root and names.get(pid, "").startswith("python"):
-                worker = max(worker, rss.get(pid, 0))
+            size, name = rss.get(pid, 0), names.get(pid, "")
+            kind = ("driver_python" if pid == root else "jvm" if name == "java"
+                    else "python_worker" if name.startswith("python") else "other")
+            sizes["tree"] += size
+            sizes[kind] = max(sizes[kind], size)
             stack += [child for child, parent in parents.items() if parent == pid]
-        return total, worker
+        return sizes
 
     def run(self):
         while self.running:
-            total, worker = self.tree_rss(os.getpid())
-            self.peak, self.worker_peak = max(self.peak, total), max(self.worker_peak, worker)
+            for kind, size in self.tree_rss(os.getpid()).items():
+                self.peaks[kind] = max(self.peaks[kind], size)
             time.sleep(self.every)
 
-    def stop(self) -> tuple[int, int]:
+    def stop(self) -> dict[str, int]:
         self.running = False
         self.join()
-        return self.peak, self.worker_peak
+        return dict(self.peaks)
 
 
 def timed(function, *args, **kwargs):
@@ -141,11 +150,14 @@ def implicit_peer(data: Path, run_date: dt.date) -> dict:
     return {"fit": fit, "recommend": score, "users": len(users), "items": len(open_ids)}
 
 
-def spark_als_peer(spark, data: Path) -> dict:
+def spark_als_peer(spark, data: Path, out: Path, subset: bool = False) -> dict:
+    """The whole job a team would otherwise run: visits read and indexed, MLlib ALS fitted,
+    ``recommendForAllUsers(10)`` written as Parquet; each part timed, and the job."""
     from pyspark.ml.recommendation import ALS
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
+    start = time.perf_counter()
     visits = spark.read.parquet(str(data / "visits.parquet"))
     users = visits.select("user_id").distinct().withColumn(
         "user", F.row_number().over(Window.orderBy("user_id")) - 1)
@@ -154,15 +166,20 @@ def spark_als_peer(spark, data: Path) -> dict:
     ratings = (visits.join(users, "user_id").join(sales, "sale_id")
                .groupBy("user", "item").agg(F.count(F.lit(1)).cast("float").alias("rating"))).cache()
     ratings.count()
+    prepare = time.perf_counter() - start
     als = ALS(rank=32, maxIter=5, implicitPrefs=True, userCol="user", itemCol="item", ratingCol="rating",
               seed=0, coldStartStrategy="drop")
     model, fit = timed(als.fit, ratings)
-    _, every = timed(lambda: model.recommendForAllUsers(10).count())
-    subset = users.select("user")
-    _, some = timed(lambda: model.recommendForUserSubset(subset, 10).count())
+    _, every = timed(lambda: model.recommendForAllUsers(10).write.mode("overwrite").parquet(
+        str(out / "spark-als-recommendations")))
+    job = time.perf_counter() - start
+    result = {"prepare": prepare, "fit": fit, "recommendForAllUsers": every, "job": job,
+              "items": model.itemFactors.count()}
+    if subset:
+        _, result["recommendForUserSubset"] = timed(
+            lambda: model.recommendForUserSubset(users.select("user"), 10).count())
     ratings.unpersist()
-    return {"fit": fit, "recommendForAllUsers": every, "recommendForUserSubset": some,
-            "items": model.itemFactors.count()}
+    return result
 
 
 def spark_path_peer(spark, data: Path, run_date: dt.date, config: dict) -> tuple[float, float]:
@@ -237,12 +254,15 @@ def main() -> None:
     # measured, so its BPR may use every core (the night's keeps the default: one thread)
     training_config = copy.deepcopy(config)
     training_config["recommenders"]["bpr"]["threads"] = os.cpu_count()
+    memory = PeakMemory()
+    memory.start()
     _, train_seconds = timed(run_training, spark, str(data), run_date, str(nights), training_config,
                              alias="champion")
+    train_peaks = memory.stop()
     memory = PeakMemory()
     memory.start()
     result, night_seconds = timed(run_nightly, spark, str(data), run_date, str(nights), config)
-    peak, worker_peak = memory.stop()
+    peaks = memory.stop()
     metrics = mlflow.get_run(result.mlflow_run_id).data.metrics
     steps = {k[len("seconds_score."):]: v for k, v in metrics.items() if k.startswith("seconds_score.")}
     fits = {k[len("seconds_fit."):]: v for k, v in metrics.items() if k.startswith("seconds_fit.")}
@@ -256,15 +276,17 @@ def main() -> None:
     if "implicit" in wanted:
         peers["implicit"] = implicit_peer(data, run_date)
     if "spark_als" in wanted:
-        peers["spark_als"] = spark_als_peer(spark, data)
+        peers["spark_als"] = spark_als_peer(spark, data, out, subset="spark_als_subset" in wanted)
 
     score = result.timings["score"]
     print(f"\nmachine: {platform.machine()}, {os.cpu_count()} cores, {platform.processor() or ''}; "
           f"{dt.date.today()}")
     print(f"data: {json.dumps(sizes)}; active users {result.active_users}, open sales {result.open_sales}")
-    print(f"training (3 days, registered): {train_seconds:.1f} s; whole night: {night_seconds:.1f} s; "
-          f"peak memory of the process tree during the night: {peak / 2**30:.2f} GiB, "
-          f"of the largest Python worker: {worker_peak / 2**20:.0f} MiB")
+    print(f"training (3 days, registered): {train_seconds:.1f} s; peak memory (GiB): " + ", ".join(
+        f"{kind} {size / 2**30:.2f}" for kind, size in train_peaks.items()))
+    print(f"whole night: {night_seconds:.1f} s; "
+          "peak memory during the night (GiB): " + ", ".join(
+              f"{kind} {size / 2**30:.2f}" for kind, size in peaks.items()))
     print("\nnight stages (wall seconds):")
     print(pd.Series(result.timings).round(1).to_string())
     print("\nfit stage (driver), seconds by recommender and signal:")
@@ -288,13 +310,16 @@ def main() -> None:
               f"x {p['items']} sales: {p['recommend']:.1f} s; score stage / implicit = {score / p['recommend']:.2f}x")
     if "spark_als" in peers:
         p = peers["spark_als"]
-        print(f"Spark ALS: fit {p['fit']:.1f} s; {p['items']} items; recommendForAllUsers "
-              f"{p['recommendForAllUsers']:.1f} s, recommendForUserSubset {p['recommendForUserSubset']:.1f} s; "
-              f"score stage / recommendForAllUsers = {score / p['recommendForAllUsers']:.2f}x")
+        subset = (f", recommendForUserSubset {p['recommendForUserSubset']:.1f} s"
+                  if "recommendForUserSubset" in p else "")
+        print(f"Spark ALS job: {p['job']:.1f} s (read and index {p['prepare']:.1f} s, fit {p['fit']:.1f} s, "
+              f"recommendForAllUsers written {p['recommendForAllUsers']:.1f} s{subset}); {p['items']} items; "
+              f"score stage / recommendForAllUsers = {score / p['recommendForAllUsers']:.2f}x, "
+              f"whole night / Spark ALS job = {night_seconds / p['job']:.2f}x")
     (out / "results.json").write_text(json.dumps({
         "sizes": sizes, "active_users": result.active_users, "open_sales": result.open_sales,
-        "train_seconds": train_seconds, "night_seconds": night_seconds, "peak_bytes": peak,
-        "worker_peak_bytes": worker_peak,
+        "train_seconds": train_seconds, "night_seconds": night_seconds, "peak_bytes": peaks,
+        "train_peak_bytes": train_peaks,
         "stages": result.timings, "fits": fits, "score_steps": steps, "peers": peers}, indent=2, default=str))
 
 

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 DESTINATIONS = 60
 CATEGORIES = ("hotel", "resort", "villa", "apartment", "cruise", "tour", "camping", "chalet")
@@ -25,13 +27,20 @@ CATEGORIES = ("hotel", "resort", "villa", "apartment", "cruise", "tour", "campin
 
 def generate(n_users: int, open_sales: int, out: str | Path, days: int = 28, duration: int = 7,
              visits_per_user: float = 8.0, purchase_rate: float = 0.04, seed: int = 0,
-             run_date: dt.date = dt.date(2026, 3, 1), world: str = "skewed") -> dict:
+             run_date: dt.date = dt.date(2026, 3, 1), world: str = "skewed",
+             chunk_users: int = 1_000_000) -> dict:
     """Write ``users, sales, sale_images (empty), visits, purchases`` to ``out``; return sizes.
 
     ``world``: ``skewed`` (users lean to two favourite destinations and to the first sales of
     a day) or ``zipf`` (no taste: each visit goes to a sale open that day drawn by a Zipf law
     over the sales' popularity, exponent 1.1; ``purchase_rate`` is then best 0.05), the world
-    the scale issue found three times as costly per user in the meta-model."""
+    the scale issue found three times as costly per user in the meta-model.
+
+    Users are drawn ``chunk_users`` at a time and appended to each Parquet file as row groups,
+    so memory stays that of one chunk (10M users fit); up to one chunk, the draws are those of
+    one pass."""
+    if world not in ("skewed", "zipf"):
+        raise ValueError(f"world {world!r}: skewed or zipf")
     rng = np.random.default_rng(seed)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -50,10 +59,46 @@ def generate(n_users: int, open_sales: int, out: str | Path, days: int = 28, dur
         "category": rng.choice(CATEGORIES, size=n_sales),
         "price": np.round(rng.lognormal(6, 0.6, size=n_sales), 2),
     })
-    users = pd.DataFrame({"user_id": [f"u{i:08d}" for i in range(n_users)]})
+    world_of = {"name": world, "zipf_weight": None, "first": first, "per_day": per_day, "n_days": n_days,
+                "duration": duration, "opens": opens, "destination": destination}
+    # Spark reads microsecond timestamps, not pandas' default nanoseconds
+    options = {"coerce_timestamps": "us", "allow_truncated_timestamps": True}
+    writers, n_visits, n_purchases = {}, 0, 0
+    try:
+        for lo in range(0, n_users, chunk_users):
+            users, visits, purchases = _users_and_events(
+                rng, np.arange(lo, min(lo + chunk_users, n_users)), sales, world_of, visits_per_user,
+                purchase_rate, run_date)
+            purchases = purchases[purchases.ts < pd.Timestamp(run_date)]
+            n_visits, n_purchases = n_visits + len(visits), n_purchases + len(purchases)
+            for name, frame in (("users", users), ("visits", visits), ("purchases", purchases)):
+                table = pa.Table.from_pandas(frame, preserve_index=False)
+                if name not in writers:
+                    writers[name] = pq.ParquetWriter(out / f"{name}.parquet", table.schema, **options)
+                writers[name].write_table(table)
+    finally:
+        for writer in writers.values():
+            writer.close()
+    for name, frame in (("sales", sales), ("sale_images", pd.DataFrame({
+            "sale_id": pd.Series([], dtype=str), "image_path": pd.Series([], dtype=str)}))):
+        frame.to_parquet(out / f"{name}.parquet", index=False, **options)
+    sizes = {"users": n_users, "sales": n_sales, "open_on_run_date": int(
+        ((sales.open_date <= run_date) & (sales.close_date >= run_date)).sum()),
+        "visits": n_visits, "purchases": n_purchases, "run_date": run_date.isoformat()}
+    (out / "sizes.json").write_text(json.dumps(sizes))
+    return sizes
 
-    # visits: a Poisson number per user, on days before the run date, each to a sale open that
-    # day; a user's visits lean to two favourite destinations, and to popular sales
+
+def _users_and_events(rng, ids: np.ndarray, sales: pd.DataFrame, world: dict, visits_per_user: float,
+                      purchase_rate: float, run_date: dt.date):
+    """The users ``ids``, their visits and their purchases (a ``purchase_rate`` share of the
+    visits, ten minutes after them).
+
+    Visits: a Poisson number per user, on days before the run date, each to a sale open that
+    day; a user's visits lean to two favourite destinations, and to popular sales."""
+    per_day, n_days, duration = world["per_day"], world["n_days"], world["duration"]
+    opens, destination = world["opens"], world["destination"]
+    n_users, n_sales = len(ids), len(opens)
     counts = rng.poisson(visits_per_user, size=n_users)
     user = np.repeat(np.arange(n_users), counts)
     n = len(user)
@@ -74,38 +119,28 @@ def generate(n_users: int, open_sales: int, out: str | Path, days: int = 28, dur
     lean = (rng.random(n) < 0.5) & (sizes_of[wanted] > 0)
     pick = starts[wanted] + np.floor(rng.random(n) * np.maximum(sizes_of[wanted], 1)).astype(np.int64)
     sale[lean] = by_group[pick[lean]]
-    if world == "zipf":
-        sale = _zipf_visits(rng, day, opens, duration)
-    elif world != "skewed":
-        raise ValueError(f"world {world!r}: skewed or zipf")
+    if world["name"] == "zipf":
+        if world["zipf_weight"] is None:  # one popularity per sale, for every chunk
+            world["zipf_weight"] = _zipf_weights(rng, n_sales)
+        sale = _zipf_visits(rng, day, opens, duration, world["zipf_weight"])
     seconds = rng.integers(0, 86400, size=n)
-    ts = (pd.Timestamp(first) + pd.to_timedelta(day, unit="D") + pd.to_timedelta(seconds, unit="s"))
-    visits = pd.DataFrame({"user_id": users.user_id.to_numpy()[user],
-                           "sale_id": sales.sale_id.to_numpy()[sale], "ts": ts})
+    ts = (pd.Timestamp(world["first"]) + pd.to_timedelta(day, unit="D") + pd.to_timedelta(seconds, unit="s"))
+    user_ids = np.array([f"u{i:08d}" for i in ids], dtype=object)
+    visits = pd.DataFrame({"user_id": user_ids[user], "sale_id": sales.sale_id.to_numpy()[sale], "ts": ts})
     bought = rng.random(n) < purchase_rate
     purchases = visits[bought].copy()
     purchases["ts"] = purchases["ts"] + pd.Timedelta(minutes=10)
     purchases["amount"] = sales.price.to_numpy()[sale[bought]]
-    # keep the purchase before the run date and inside its sale's window
-    purchases = purchases[purchases.ts < pd.Timestamp(run_date)]
-
-    for name, frame in (("sales", sales), ("users", users), ("visits", visits), ("purchases", purchases),
-                        ("sale_images", pd.DataFrame({"sale_id": pd.Series([], dtype=str),
-                                                      "image_path": pd.Series([], dtype=str)}))):
-        # Spark reads microsecond timestamps, not pandas' default nanoseconds
-        frame.to_parquet(out / f"{name}.parquet", index=False, coerce_timestamps="us",
-                         allow_truncated_timestamps=True)
-    sizes = {"users": n_users, "sales": n_sales, "open_on_run_date": int(
-        ((sales.open_date <= run_date) & (sales.close_date >= run_date)).sum()),
-        "visits": len(visits), "purchases": len(purchases), "run_date": run_date.isoformat()}
-    (out / "sizes.json").write_text(json.dumps(sizes))
-    return sizes
+    return pd.DataFrame({"user_id": user_ids}), visits, purchases
 
 
-def _zipf_visits(rng, day: np.ndarray, opens: np.ndarray, duration: int, exponent: float = 1.1) -> np.ndarray:
-    """A sale per visit, among those open on its ``day``, by Zipf weights of a random
-    popularity rank of every sale."""
-    weight = 1.0 / (1 + rng.permutation(len(opens))) ** exponent
+def _zipf_weights(rng, n_sales: int, exponent: float = 1.1) -> np.ndarray:
+    """Zipf weights of a random popularity rank of every sale."""
+    return 1.0 / (1 + rng.permutation(n_sales)) ** exponent
+
+
+def _zipf_visits(rng, day: np.ndarray, opens: np.ndarray, duration: int, weight: np.ndarray) -> np.ndarray:
+    """A sale per visit, among those open on its ``day``, drawn by the sales' ``weight``."""
     sale = np.empty(len(day), dtype=np.int64)
     for d in np.unique(day):
         open_now = np.flatnonzero((opens <= d) & (opens > d - duration))
