@@ -42,6 +42,32 @@ def test_item_cf_neighbourhood_keeps_the_most_similar(hand_context):
     np.testing.assert_allclose(model.similarity_.toarray(), expected)
 
 
+def test_item_cf_adds_dense_rows_where_co_visitation_is_dense_and_sums_the_same(hand_context):
+    """Histories of the few sales that are every open sale's neighbours make the product dense:
+    that block adds the similarity's rows as a dense array, a block of rarely shared sales takes
+    the sparse product, and both sum what the sparse product sums."""
+    import pickle
+
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(0)
+    n_open, n_popular, n_rare = 40, 5, 295
+    model = ItemCF()
+    model.similarity_ = sp.vstack([sp.csr_matrix(rng.random((n_popular, n_open))),  # everyone's neighbours
+                                   sp.random(n_rare, n_open, density=0.02, random_state=1)]).tocsr()
+    popular = [np.append(rng.choice(n_popular, 4, replace=False), n_popular + rng.integers(n_rare))
+               for _ in range(50)]
+    rare = [n_popular + rng.choice(n_rare, 4, replace=False) for _ in range(50)]
+    for items, dense in ((popular, True), (rare, False)):
+        block = UserHistory.from_lists(items, [np.zeros(len(i), bool) for i in items], n_popular + n_rare)
+        weights = block.weighted(1.0, 0.0)
+        assert model.dense_pays(weights) is dense
+        np.testing.assert_allclose(model.score(block), (weights @ model.similarity_).toarray(), rtol=1e-12, atol=0)
+    assert model._dense is not None and "_dense" not in pickle.loads(pickle.dumps(model)).__dict__
+    model.MAX_DENSE_CELLS = n_open  # too large for a worker: sparse, whatever the block
+    assert not model.dense_pays(UserHistory.from_lists(popular, [np.zeros(5, bool)] * 50, 300).weighted(1.0, 0.0))
+
+
 def test_content_profile_shares(hand_context):
     model = ContentBased(price_bands=2, visit_weight=1.0, purchase_weight=3.0).fit(hand_context)
     # a user who visited s3 (B, hotel, expensive band) matches s4 on destination and band
