@@ -27,6 +27,7 @@ setup(
     install_requires=[
         "pyspark>=4.0,<4.4",
         "numpy>=2.0,<2.5",
+        "numba>=0.61,<0.69",  # the per-row ranking kernels (metamodel/kernels.py)
         "scipy>=1.13,<2",
         "pandas>=2.2,<3",  # pandas 3 breaks pyspark.pandas
         "pyarrow>=15,<26",  # mlflow needs <26

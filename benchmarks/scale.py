@@ -221,6 +221,9 @@ def main() -> None:
                         help="metamodel.rank_depth (default: the configuration's; 0: exact ranks)")
     parser.add_argument("--world", default="skewed", choices=("skewed", "zipf"),
                         help="benchmarks/synthetic.py's world (zipf: no taste, Zipf-distributed sale popularity)")
+    parser.add_argument("--train-users", type=int, default=None,
+                        help="train the night's model on this many users' data of the same world (generated "
+                             "beside it); default: the night's own users. Training is not what is measured")
     parser.add_argument("--conf", help="a configuration file merged under the benchmark's settings "
                                        "(its nights are kept apart, under nights-STEM)")
     args = parser.parse_args()
@@ -236,10 +239,13 @@ def main() -> None:
     if args.conf:
         nights = nights.with_name(f"{nights.name}-{Path(args.conf).stem}")
     data = out / "data"
-    if not (data / "sizes.json").exists():
-        sizes, seconds = timed(generate, args.users, args.open_sales, data, world=args.world,
-                               purchase_rate=0.05 if args.world == "zipf" else 0.04)
-        print(f"generated {json.dumps(sizes)} in {seconds:.0f} s")
+    train_data = data if args.train_users is None else out.with_name(out.name.replace(
+        str(args.users), str(args.train_users), 1)) / "data"
+    for folder, users in {data: args.users, train_data: args.train_users or args.users}.items():
+        if not (folder / "sizes.json").exists():
+            sizes, seconds = timed(generate, users, args.open_sales, folder, world=args.world,
+                                   purchase_rate=0.05 if args.world == "zipf" else 0.04)
+            print(f"generated {json.dumps(sizes)} in {seconds:.0f} s")
     sizes = json.loads((data / "sizes.json").read_text())
     run_date = dt.date.fromisoformat(sizes["run_date"])
     config = load_config(args.conf, overrides={
@@ -256,7 +262,7 @@ def main() -> None:
     training_config["recommenders"]["bpr"]["threads"] = os.cpu_count()
     memory = PeakMemory()
     memory.start()
-    _, train_seconds = timed(run_training, spark, str(data), run_date, str(nights), training_config,
+    _, train_seconds = timed(run_training, spark, str(train_data), run_date, str(nights), training_config,
                              alias="champion")
     train_peaks = memory.stop()
     memory = PeakMemory()
@@ -282,7 +288,8 @@ def main() -> None:
     print(f"\nmachine: {platform.machine()}, {os.cpu_count()} cores, {platform.processor() or ''}; "
           f"{dt.date.today()}")
     print(f"data: {json.dumps(sizes)}; active users {result.active_users}, open sales {result.open_sales}")
-    print(f"training (3 days, registered): {train_seconds:.1f} s; peak memory (GiB): " + ", ".join(
+    print(f"training (3 days of {args.train_users or args.users} users, registered): {train_seconds:.1f} s; "
+          "peak memory (GiB): " + ", ".join(
         f"{kind} {size / 2**30:.2f}" for kind, size in train_peaks.items()))
     print(f"whole night: {night_seconds:.1f} s; "
           "peak memory during the night (GiB): " + ", ".join(
@@ -318,7 +325,7 @@ def main() -> None:
               f"whole night / Spark ALS job = {night_seconds / p['job']:.2f}x")
     (out / "results.json").write_text(json.dumps({
         "sizes": sizes, "active_users": result.active_users, "open_sales": result.open_sales,
-        "train_seconds": train_seconds, "night_seconds": night_seconds, "peak_bytes": peaks,
+        "train_seconds": train_seconds, "train_users": args.train_users or args.users, "night_seconds": night_seconds, "peak_bytes": peaks,
         "train_peak_bytes": train_peaks,
         "stages": result.timings, "fits": fits, "score_steps": steps, "peers": peers}, indent=2, default=str))
 

@@ -9,6 +9,7 @@ import scipy.sparse as sp
 
 from ..recommenders import fit_all
 from ..recommenders.scoring import Block, score_users
+from .kernels import top_k_rows
 from .signals import along_rows, compact, signals_from_config
 from .model import MetaModel
 from .rules import Rules
@@ -23,60 +24,17 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     """Columns of the ``k`` highest scores of each row, best first; ties go to the lower
     column (the lower sale_id), so the ranking is reproducible.
 
-    The same result as a stable full argsort, without sorting whole rows: a partition puts
-    each row's best ``k`` first and the next best just after, and only the ``k`` are sorted.
-    Rows where the next best ties with the ``k``-th (the tie decides which columns are
-    chosen) are settled by column. NaN counts as -inf.
+    The same result as a stable full argsort, without sorting whole rows: each row's best
+    ``k`` are kept in a heap as it is read (``kernels.top_k_rows``), whatever the ties. NaN
+    counts as -inf.
     """
     n, m = scores.shape
     k = min(k, m)
     if k == 0:
         return np.zeros((n, 0), dtype=np.int64)
-    descending = np.negative(scores)
-    if np.isnan(descending).any():
-        descending[np.isnan(descending)] = np.inf
     if k == m:
-        return np.argsort(descending, axis=1, kind="stable")
-    part = np.argpartition(descending, k, axis=1)
-    cols = np.sort(part[:, :k], axis=1)
-    flat = descending.reshape(-1)
-    values = flat[along_rows(descending, cols)]
-    order = along_rows(cols, np.argsort(values, axis=1, kind="stable"))
-    cols, best = cols.reshape(-1)[order], values.reshape(-1)[order]  # best sorted: the k-th is last
-    tied = np.flatnonzero(flat[along_rows(descending, part[:, k:k + 1])][:, 0] == best[:, -1])
-    if len(tied):
-        cols[tied] = _settle_ties(descending, tied, cols[tied], best[tied])
-    return cols
-
-
-TIE_CHUNK = 64  # columns scanned at a time for the first of the sales tied with the k-th
-
-
-def _settle_ties(descending: np.ndarray, rows: np.ndarray, cols: np.ndarray, best: np.ndarray) -> np.ndarray:
-    """:func:`top_k` of ``rows``, whose ``k``-th best ties with sales beyond it (``cols``,
-    ``best``: a top k of theirs and its values, sorted): those strictly better stay, then
-    the lowest columns of the tied. The rows are scanned a chunk of columns at a time and
-    a row stops once its tied are found, so wide ties (a sparse score, where most sales
-    tie at 0) cost a chunk, not a row: the cost does not grow with how the data ties."""
-    n, k = cols.shape
-    kth = best[:, -1:]
-    above = (best < kth).sum(axis=1)  # the strictly better are all among the chosen k
-    room = k - above
-    found = np.zeros((n, k), dtype=cols.dtype)  # each row's tied columns, in column order
-    count = np.zeros(n, dtype=np.int64)
-    pending = np.arange(n)
-    for start in range(0, descending.shape[1], TIE_CHUNK):
-        hit_rows, hit_cols = np.nonzero(descending[rows[pending], start:start + TIE_CHUNK] == kth[pending])
-        order = np.arange(len(hit_rows)) - np.searchsorted(hit_rows, hit_rows)  # hit's order in its row
-        row = pending[hit_rows]
-        keep = order < (room - count)[row]
-        found[row[keep], count[row[keep]] + order[keep]] = start + hit_cols[keep]
-        count += np.bincount(row[keep], minlength=n)
-        pending = pending[count[pending] < room[pending]]
-        if not len(pending):
-            break
-    position = np.arange(k)[None, :] - above[:, None]  # after the strictly better, the tied
-    return np.where(position < 0, cols, np.take_along_axis(found, np.maximum(position, 0), axis=1))
+        return np.argsort(-np.where(np.isnan(scores), -np.inf, scores), axis=1, kind="stable")
+    return top_k_rows(np.ascontiguousarray(scores, dtype=float), k)
 
 
 @dataclass(frozen=True)

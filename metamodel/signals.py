@@ -14,6 +14,7 @@ import numpy as np
 
 from ..features.history import AUDIENCE_WINDOWS
 from ..recommenders.base import Recommender, SameForEveryUser, UserHistory
+from .kernels import add_rank_lookup_rows
 
 NO_HISTORY_DAYS = 365.0  # recency of a user with no history
 
@@ -236,13 +237,11 @@ def _tie_ranks(ascending: np.ndarray) -> np.ndarray:
 
 
 def _ranks_to_depth(scores: np.ndarray, depth: int) -> np.ndarray:
-    """:func:`within_user_ranks` capped at ``depth + 1`` (``1 <= depth < sales``)."""
-    best = _BestToDepth(np.negative(scores), depth)
-    ranks = np.full(scores.shape, depth + 1, dtype=np.int32)
-    ranks.reshape(-1)[best.cells] = best.ranks
-    if len(best.spilled_rows):  # in the other rows, every sale tied with the last is chosen
-        np.copyto(ranks, best.ranks[:, -1:], where=best.tied_with_last())
-    return ranks
+    """:func:`within_user_ranks` capped at ``depth + 1`` (``1 <= depth < sales``): the
+    ranks are looked up in a table of themselves."""
+    ranks = np.zeros(scores.shape)
+    add_rank_lookup_rows(ranks, np.ascontiguousarray(scores), np.arange(scores.shape[1] + 1.0), depth)
+    return ranks.astype(np.int32)
 
 
 def along_rows(block: np.ndarray, columns: np.ndarray) -> np.ndarray:
@@ -251,59 +250,20 @@ def along_rows(block: np.ndarray, columns: np.ndarray) -> np.ndarray:
     return columns + np.arange(0, block.size, block.shape[1])[:, None]
 
 
-class _BestToDepth:
-    """The best ``depth`` sales of each row of ``descending`` (negated scores, C-contiguous),
-    sorted, and their exact "min" ranks; ``1 <= depth < sales``.
-
-    A partition at ``depth`` puts the best ``depth`` first and the next best just after
-    them: only when it ties with the last of them (sparse scores whose ``depth``-th best
-    is 0, rarely continuous ones) do sales beyond the depth share the last one's rank.
-    """
-
-    def __init__(self, descending: np.ndarray, depth: int):
-        flat = descending.reshape(-1)
-        part = np.argpartition(descending, depth, axis=1)
-        cells = along_rows(descending, part[:, :depth])
-        order = along_rows(cells, np.argsort(flat[cells], axis=1))
-        self.descending = descending
-        self.cells = cells.reshape(-1)[order]  # flat indices, best first
-        self.values = flat[self.cells]
-        self.ranks = _tie_ranks(self.values)
-        beyond = flat[along_rows(descending, part[:, depth:depth + 1])][:, 0]
-        self.spilled_rows = np.flatnonzero(beyond == self.values[:, -1])
-
-    def tied_with_last(self) -> np.ndarray:
-        """Which sales tie with their row's ``depth``-th best, chosen or not."""
-        return self.descending == self.values[:, -1:]
-
-
 def add_rank_lookup(out: np.ndarray, scores: np.ndarray, table: np.ndarray,
                     depth: int | None = None) -> np.ndarray:
     """``out += table[within_user_ranks(scores, depth)]``, in place (``out`` C-contiguous).
 
-    With a depth, every sale beyond it looks up ``table[depth + 1]``: that is added to the
-    whole block once, and only the best ``depth`` of each row (and the sales tied with the
-    last of them) are corrected, so no ``users x sales`` array of ranks is built.
+    With a depth, one compiled pass per row (``kernels.add_rank_lookup_rows``) finds its best
+    ``depth`` and adds each sale's table value: no ``users x sales`` array of ranks is built.
     """
-    if not out.flags.c_contiguous:  # the corrections below write through a flat view
+    if not out.flags.c_contiguous:  # the kernel writes rows of ``out`` in place
         raise ValueError("add_rank_lookup needs a C-contiguous out")
     scores = np.asarray(scores, dtype=float)
     if depth is None or depth >= scores.shape[1] or compact(scores).shape != scores.shape:
         out += np.take(table, within_user_ranks(scores, depth))
         return out
-    best = _BestToDepth(np.negative(scores), depth)
-    beyond = table[depth + 1]
-    delta = table[best.ranks] - beyond
-    rows = best.spilled_rows
-    if len(rows):  # their sales tied with the depth-th are all corrected by the mask below
-        delta[rows] = np.where(best.values[rows] == best.values[rows, -1:], 0.0, delta[rows])
-        tied_delta = np.zeros(len(out))
-        tied_delta[rows] = table[best.ranks[rows, -1]] - beyond
-        # a pass over the whole block costs less than gathering and scattering its rows
-        out += best.tied_with_last() * tied_delta[:, None]
-    out += beyond
-    out.reshape(-1)[best.cells] += delta  # a row's cells are distinct
-    return out
+    return add_rank_lookup_rows(out, np.ascontiguousarray(scores), np.asarray(table, dtype=float), depth)
 
 
 def with_ranks(scores: dict[str, np.ndarray], ranked: tuple[str, ...],

@@ -85,21 +85,35 @@ def test_ranks_to_a_depth_are_exact_up_to_it(depth):
     np.testing.assert_array_equal(within_user_ranks(scores, depth), expected)
 
 
-@pytest.mark.parametrize("depth", [None, 1, 3, 10, 299, 300])
+@pytest.mark.parametrize("depth", [None, 1, 3, 10, 100, 299, 300])
 def test_rank_lookup_equals_looking_up_every_rank(depth):
     """The meta-model adds a rank's table value without building the ranks beyond the
-    depth: the same sums as looking up every rank, with ties at the depth (sparse rows
-    with fewer than ``depth`` non-zeros) and a score that is the same for every user."""
+    depth: bit for bit the sums of looking up every rank (scipy's), for rows whose best are
+    found by a bar (continuous, heavy-tailed, sorted) and rows whose ties leave no bar (sparse
+    rows with fewer than ``depth`` non-zeros, ties inside the best and at the depth, one
+    value), and for a score that is the same for every user."""
+    from scipy.stats import rankdata
+
+    from salerank.metamodel.kernels import _bar
+
     rng = np.random.default_rng(7)
     sparse = np.where(rng.random((40, 300)) < 0.97, 0.0, rng.exponential(1.0, (40, 300)))
-    sparse[:5] = np.round(rng.random((5, 300)), 1)  # ties inside the best and at the depth
-    for scores in (sparse, np.tile(sparse[0], (40, 1))):
+    sparse[:5] = np.round(rng.random((5, 300)), 1)
+    sparse[5] = 0.5
+    continuous = np.vstack([rng.standard_normal((20, 300)), rng.pareto(1.0, (10, 300)),
+                            np.sort(rng.random((10, 300)), axis=1)])
+    if depth is not None and depth < 300:  # both ways of finding the best are exercised
+        assert not any(np.isnan(_bar(row, depth, depth + depth // 2)) for row in continuous)
+        assert np.isnan(_bar(sparse[5], depth, depth + depth // 2))  # one value
+        # about 9 non-zeros per row: at the default depth, every bar at or below the 100th holds all 300
+        assert depth != 100 or all(np.isnan(_bar(row, depth, depth + depth // 2)) for row in sparse[6:])
+    for scores in (sparse, continuous, np.tile(sparse[0], (40, 1))):
         table = rng.standard_normal(302)
         base = rng.standard_normal(scores.shape)
-        expected = base + table[within_user_ranks(scores, depth)]
-        np.testing.assert_allclose(add_rank_lookup(base.copy(), scores, table, depth), expected,
-                                   rtol=1e-13, atol=1e-13)
-    with pytest.raises(ValueError, match="C-contiguous"):  # its corrections would be lost
+        ranks = rankdata(-scores, method="min", axis=1).astype(int)
+        expected = base + table[ranks if depth is None else np.minimum(ranks, depth + 1)]
+        np.testing.assert_array_equal(add_rank_lookup(base.copy(), scores, table, depth), expected)
+    with pytest.raises(ValueError, match="C-contiguous"):  # the rows it writes would be lost
         add_rank_lookup(np.zeros((300, 40)).T, sparse, table, depth)
 
 
@@ -192,20 +206,19 @@ def test_top_k_equals_a_stable_full_sort(k):
     np.testing.assert_array_equal(top_k(scores, k), expected)
 
 
-@pytest.mark.parametrize("chunk", [1, 7, 64])
-def test_top_k_settles_wide_and_narrow_ties_as_a_stable_full_sort(monkeypatch, chunk):
-    """Ties found a chunk of columns at a time: a sparse score (most sales tied at 0, the
-    k-th among them), ties of two at the k-th, and rows of one value throughout."""
-    from salerank.metamodel import ranking
-
-    monkeypatch.setattr(ranking, "TIE_CHUNK", chunk)
-    rng = np.random.default_rng(chunk)
+def test_top_k_settles_wide_and_narrow_ties_as_a_stable_full_sort():
+    """A sparse score (most sales tied at 0, the k-th among them), ties of two at the k-th,
+    rows of one value throughout, rows sorted either way, -inf and NaN."""
+    rng = np.random.default_rng(3)
     sparse = np.where(rng.random((200, 300)) < 0.02, rng.random((200, 300)), 0.0)
     narrow = rng.random((200, 300))
     narrow[:, 150] = np.sort(narrow, axis=1)[:, -10]  # ties with each row's 10th best
     flat = np.full((5, 300), 0.5)
-    for scores in (sparse, narrow, flat, np.vstack([sparse[:3], narrow[:3], flat[:1]])):
-        expected = np.argsort(-scores, axis=1, kind="stable")[:, :10]
+    rising = np.sort(rng.random((5, 300)), axis=1)
+    missing = np.where(rng.random((50, 300)) < 0.5, np.nan, np.where(rng.random((50, 300)) < 0.5, -np.inf, narrow[:50]))
+    for scores in (sparse, narrow, flat, rising, rising[:, ::-1], missing,
+                   np.vstack([sparse[:3], narrow[:3], flat[:1]])):
+        expected = np.argsort(-np.where(np.isnan(scores), -np.inf, scores), axis=1, kind="stable")[:, :10]
         np.testing.assert_array_equal(top_k(scores, 10), expected)
 
 
