@@ -19,11 +19,19 @@ import os
 import numba
 import numpy as np
 
-_CACHE = os.path.isfile(__file__)
-_jit = numba.njit(nogil=True, cache=_CACHE)
+def _jit(function=None, **options):
+    """``numba.njit``, cached on disk where numba finds a writable place for this file (next
+    to it, or the user's cache folder), else compiled afresh in each process: never an error
+    at import, wherever salerank is installed (a read-only image, a zipped wheel)."""
+    if function is None:
+        return lambda f: _jit(f, **options)
+    try:
+        return numba.njit(nogil=True, cache=os.path.isfile(__file__), **options)(function)
+    except RuntimeError:  # "cannot cache function ...: no locator available"
+        return numba.njit(nogil=True, cache=False, **options)(function)
 
 
-@numba.njit(nogil=True, cache=_CACHE, inline="always")
+@_jit(inline="always")
 def _worse(value_a, column_a, value_b, column_b):
     """(value_a, column_a) ranks below (value_b, column_b): a lower value, or the same
     value at a higher column."""
@@ -79,6 +87,8 @@ def _bar(row, d, most):
     low, high = row.min(), row.max()
     if low == high:
         return np.nan
+    if row.shape[0] > most and _at_least(row, np.nextafter(low, np.inf)) < d:
+        return np.nan  # fewer than d above the row's least (a sparse score): every bar holds them all
     below, above = low, high  # at least d at or above ``below``; fewer than d above ``above``
     bar = high - (high - low) * (1.2 * d / row.shape[0])  # where it is if scores were uniform
     for _ in range(64):

@@ -263,7 +263,11 @@ def add_rank_lookup(out: np.ndarray, scores: np.ndarray, table: np.ndarray,
     if depth is None or depth >= scores.shape[1] or compact(scores).shape != scores.shape:
         out += np.take(table, within_user_ranks(scores, depth))
         return out
-    return add_rank_lookup_rows(out, np.ascontiguousarray(scores), np.asarray(table, dtype=float), depth)
+    table = np.asarray(table, dtype=float)
+    if out.shape != scores.shape or len(table) < depth + 2:  # the kernel checks no bounds
+        raise ValueError(f"add_rank_lookup: out {out.shape} for scores {scores.shape}, a table of "
+                         f"{len(table)} for depth {depth}")
+    return add_rank_lookup_rows(out, np.ascontiguousarray(scores), table, depth)
 
 
 def with_ranks(scores: dict[str, np.ndarray], ranked: tuple[str, ...],

@@ -84,6 +84,7 @@ class ItemCF(Recommender):
         self.similarity_ = sp.csr_matrix(
             (similar["sim"].to_numpy(), (similar["i"].to_numpy(), columns)),
             shape=(len(context.catalog), len(context.open_idx)))
+        self._dense = None  # the dense rows of a former fit
         return self
 
     def _neighbours(self, pairs, open_idx) -> pd.DataFrame:
