@@ -14,6 +14,10 @@ from salerank.conf import load_config
 from salerank.world import WorldConfig, generate_world
 
 SMALL_WORLD = WorldConfig(n_users=400, n_days=30, sales_per_day=5)
+# the A/B test of the suite's night: popularity against the meta-model, 1:3
+EXPERIMENT = {"name": "meta-vs-pop", "salt": "test", "start": "2025-01-01", "end": "2030-12-31",
+              "variants": [{"name": "control", "strategy": "popularity", "weight": 1},
+                           {"name": "treatment", "strategy": "metamodel", "weight": 3}]}
 
 
 @pytest.fixture(scope="session")
@@ -59,6 +63,39 @@ def catalog(spark, tables):
     from salerank.features.history import Catalog
 
     return Catalog.from_tables(spark, tables)
+
+
+@pytest.fixture(scope="session")
+def night_config(config):
+    return {**config, "experiments": [EXPERIMENT]}
+
+
+@pytest.fixture(scope="session")
+def trained(spark, world, world_dir, config, tmp_path_factory):
+    """The suite's one training on the small world: a meta-model registered with the alias the
+    nightly run uses, in OUT's MLflow store; (its result, OUT). Tests that publish a night of
+    their own do it in another OUT, pointing ``mlflow.tracking_uri`` at this store."""
+    from salerank.jobs.pipeline import run_training
+
+    out = tmp_path_factory.mktemp("night")
+    result = run_training(spark, str(world_dir / "data"), world.last_date, str(out), config, alias="champion")
+    return result, out
+
+
+@pytest.fixture(scope="session")
+def night(spark, world, world_dir, night_config, trained):
+    """The suite's night of the world's last date, published to the trained OUT: (result, OUT)."""
+    from salerank.jobs.pipeline import run_nightly
+
+    _, out = trained
+    result = run_nightly(spark, str(world_dir / "data"), world.last_date, str(out), night_config,
+                         keep_rankings=True)
+    return result, out
+
+
+def with_store(settings: dict, out) -> dict:
+    """``settings`` with the MLflow store of ``out`` (the trained one), for a night published elsewhere."""
+    return {**settings, "mlflow": {**settings["mlflow"], "tracking_uri": f"sqlite:///{out / 'mlflow.db'}"}}
 
 
 @pytest.fixture(scope="session")

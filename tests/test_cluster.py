@@ -1,7 +1,9 @@
-"""End to end on a real cluster: a Spark standalone master and worker started from the
-installed pyspark, the wheel shipped to the executors with ``--py-files``, ``train`` then
-``nightly`` by ``spark-submit`` with ``file://`` URIs, from a working directory outside the
-repository. These are the README's commands (*spark-submit*)."""
+"""End to end as a team runs it: a Spark standalone master and worker started from the
+installed pyspark, one ``mlflow server`` (SQLite backend, artifacts stored and served by it),
+the wheel shipped to the executors with ``--py-files``, ``train`` then ``nightly`` by
+``spark-submit`` with ``file://`` URIs, from a working directory outside the repository, both
+tracking to the server; checked through the MLflow client and in the MLflow UI in headless
+Chromium. These are the README's commands (*spark-submit*, *A shared MLflow server*)."""
 import json
 import os
 import shutil
@@ -17,14 +19,14 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from salerank.jobs.cli import main
-
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 SPARK_HOME = Path(pyspark.__file__).resolve().parent
 WHEEL = "salerank-0.1.0-py3-none-any.whl"
 TOP_K = 10
+CHROMIUM = "/usr/bin/chromium"
+MODEL = "salerank-metamodel"
 
 
 def wait_for_worker(webui_port: int, daemons: dict, processes) -> None:
@@ -59,22 +61,58 @@ def check_output_contract(out: Path, day: str, model_version: str) -> dict:
     return manifest
 
 
-def runs_by_name(out: Path) -> dict:
-    client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
-    experiments = [e.experiment_id for e in client.search_experiments()]
-    return {run.info.run_name: run for run in client.search_runs(experiments)}
+def wait_for_health(url: str, server, log, processes) -> None:
+    deadline = time.monotonic() + 120
+    while True:
+        assert server.poll() is None, f"mlflow server exited:\n{processes.tail(log)}"
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=5) as answer:
+                if answer.status == 200:
+                    return
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, f"mlflow server not healthy:\n{processes.tail(log)}"
+        time.sleep(0.5)
+
+
+def start_mlflow_server(processes, server_dir: Path, log: Path) -> str:
+    """``mlflow server`` as the README starts it, on a free port; its URL once healthy."""
+    server_dir.mkdir()
+    port = processes.free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = processes.start(["mlflow", "server", "--backend-store-uri", f"sqlite:///{server_dir / 'mlflow.db'}",
+                              "--serve-artifacts", "--artifacts-destination", str(server_dir / "artifacts"),
+                              "--host", "127.0.0.1", "--port", str(port), "--workers", "1"], log, server_dir)
+    wait_for_health(url, server, log, processes)
+    return url
+
+
+def show(page, url: str, texts: list[str], screenshot, exact: tuple[str, ...] = ()) -> str:
+    """Open ``url`` in the MLflow UI (a React app), wait until every one of ``texts`` is
+    shown (those in ``exact`` as a whole element's text), screenshot it, and return the
+    page's text."""
+    page.goto(url)
+    for text in texts:
+        page.get_by_text(text, exact=text in exact).first.wait_for(state="visible", timeout=60_000)
+    page.screenshot(path=str(screenshot), full_page=True)
+    return page.locator("body").inner_text()
 
 
 @pytest.mark.skipif(shutil.which("java") is None, reason="Java is not installed (Spark needs Java 17)")
-def test_train_and_nightly_by_spark_submit_on_a_standalone_cluster(spark, world, world_dir, config, processes,
-                                                                   tmp_path):
+@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian's chromium is not installed (.ci/run installs it)")
+def test_train_and_nightly_by_spark_submit_on_a_standalone_cluster_with_a_shared_mlflow_server(
+        spark, world, world_dir, night_config, night, processes, tmp_path):
+    from playwright.sync_api import sync_playwright
+
     day = world.last_date.isoformat()
     data = world_dir / "data"
-    out, local_out = tmp_path / "out", tmp_path / "local-out"
+    out, server_dir = tmp_path / "out", tmp_path / "server"
     work = tmp_path / "work"  # the working directory of every command: not the repository
     work.mkdir()
-    conf = tmp_path / "small.yaml"
-    conf.write_text(yaml.safe_dump({key: config[key] for key in ("spark", "metamodel")}))
+    url = start_mlflow_server(processes, server_dir, tmp_path / "mlflow-server.log")
+    conf = tmp_path / "team.yaml"  # the suite's night settings (so that its night compares), and the server
+    conf.write_text(yaml.safe_dump({**{key: night_config[key] for key in ("spark", "metamodel", "experiments")},
+                                    "mlflow": {"tracking_uri": url}}))
     dist = tmp_path / "dist"
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(dist), str(REPO)],
                    cwd=work, check=True)
@@ -106,24 +144,52 @@ def test_train_and_nightly_by_spark_submit_on_a_standalone_cluster(spark, world,
     # the standalone cluster ran both: the master lists them as completed applications
     with urllib.request.urlopen(f"http://127.0.0.1:{master_ui}/json/", timeout=5) as answer:
         assert len(json.load(answer)["completedapps"]) == 2
-    processes.stop_all()  # the cluster is not needed any more
 
-    cluster = check_output_contract(out, day, "salerank-metamodel/1")
-
-    # the same night in local mode, from the same data and configuration, into another OUT
-    began = time.monotonic()
-    local = ["--data", data.as_uri(), "--date", day, "--out", local_out.as_uri(), "--conf", str(conf)]
-    assert main(["train", *local, "--alias", "champion"]) == 0
-    assert main(["nightly", *local]) == 0
-    print(f"local mode train + nightly: {time.monotonic() - began:.1f} s")
-    alone = check_output_contract(local_out, day, "salerank-metamodel/1")
+    cluster = check_output_contract(out, day, f"{MODEL}/1")
+    # the suite's night in local mode, from the same data and configuration, into another OUT
+    alone = check_output_contract(night[1], day, f"{MODEL}/1")
     differ = {name: (entry, alone["outputs"].get(name)) for name, entry in cluster["outputs"].items()
               if entry != alone["outputs"].get(name)}
     assert not differ and cluster["outputs"].keys() == alone["outputs"].keys(), differ  # rows, checksums
     assert cluster["model"]["content_version"] == alone["model"]["content_version"]
     assert cluster["data_fingerprint"] == alone["data_fingerprint"]
+
+    # everything went to the server: nothing tracked next to the outputs
+    assert not (out / "mlflow.db").exists() and not (out / "mlartifacts").exists()
+    client = MlflowClient(tracking_uri=url)
+    experiment = client.get_experiment_by_name(night_config["mlflow"]["experiment"])
+    runs = {run.info.run_name: run for run in client.search_runs([experiment.experiment_id])}
+    trained, nightly = runs[f"train {day}"], runs[f"nightly {day}"]
+    assert trained.info.status == nightly.info.status == "FINISHED"
     # the executors imported salerank from the shipped wheel, not from the source tree
-    runs = runs_by_name(out)
-    for name in (f"train {day}", f"nightly {day}"):
-        origin = runs[name].data.tags.get("executor_salerank", "")
-        assert WHEEL in origin and not origin.startswith(str(REPO)), (name, origin)
+    for run in (trained, nightly):
+        origin = run.data.tags.get("executor_salerank", "")
+        assert WHEEL in origin and not origin.startswith(str(REPO)), (run.info.run_name, origin)
+    assert nightly.data.tags["model_version"] == f"{MODEL}/1"
+    assert nightly.data.tags["model_run_id"] == trained.info.run_id
+    assert nightly.data.metrics["seconds_score"] > 0 and nightly.data.metrics["active_users"] > 0
+    # the report is stored by the server, under its artifact root, and served back by it
+    assert "night_report.html" in {a.path for a in client.list_artifacts(nightly.info.run_id)}
+    assert nightly.info.artifact_uri.startswith("mlflow-artifacts:")
+    stored = list((server_dir / "artifacts").rglob("night_report.html"))
+    assert len(stored) == 1
+    report = client.download_artifacts(nightly.info.run_id, "night_report.html", str(tmp_path))
+    assert open(report, "rb").read() == stored[0].read_bytes()
+    assert (out / "reports" / f"run_date={day}" / "index.html").read_bytes() == stored[0].read_bytes()
+    version = client.get_model_version_by_alias(MODEL, "champion")
+    assert version.version == "1" and version.run_id == trained.info.run_id
+    assert cluster["model"]["version"] == "1" and cluster["model"]["run_id"] == trained.info.run_id
+
+    # the same, as a team sees it in the MLflow UI
+    run_page = f"{url}/#/experiments/{experiment.experiment_id}/runs/{nightly.info.run_id}"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        text = show(page, run_page, [f"nightly {day}", "seconds_score"], tmp_path / "run.png",
+                    exact=("seconds_score",))
+        assert f"{MODEL}/1" in text  # the model_version tag
+        show(page, f"{run_page}/artifacts", ["night_report.html"], tmp_path / "artifacts.png",
+             exact=("night_report.html",))
+        text = show(page, f"{url}/#/models/{MODEL}", ["Version 1", "champion"], tmp_path / "model.png")
+        browser.close()
+    print(f"screenshots in {tmp_path}")

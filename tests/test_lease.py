@@ -21,8 +21,8 @@ import yaml
 from salerank.conf import ConfigError
 from salerank.jobs.cli import main
 from salerank.jobs.lease import LeaseHeldError, LeaseLostError, hold, read_lease
-from salerank.jobs.pipeline import run_training
 from salerank.storage import FileSystem
+from conftest import with_store
 
 NAME = "nightly-run_date=2026-03-14"
 # what a console must not show: the libraries' banners and warnings (they go to the log file)
@@ -310,20 +310,15 @@ def test_the_command_line_exits_2_naming_the_holder(spark, world, world_dir, con
     assert not (out / "_staging").exists()  # stopped before staging anything
 
 
-@pytest.fixture(scope="module")
-def trained_out(spark, world, world_dir, config, tmp_path_factory):
-    """A meta-model registered with the alias the nightly run uses, in a fresh OUT."""
-    out = tmp_path_factory.mktemp("lease-night")
-    run_training(spark, str(world_dir / "data"), world.last_date, str(out), config, alias="champion")
-    return out
-
-
 @pytest.mark.slow
 def test_two_runs_of_a_date_started_together_one_publishes_the_other_exits_2(
-        spark, world, world_dir, conf_file, trained_out, tmp_path):
-    out, night = trained_out, f"run_date={world.last_date}"
+        spark, world, world_dir, config, trained, tmp_path):
+    out, night = tmp_path / "out", f"run_date={world.last_date}"
+    conf = tmp_path / "store.yaml"  # the suite's champion, in the shared training's store
+    conf.write_text(yaml.safe_dump({**{key: config[key] for key in ("spark", "metamodel")},
+                                    "mlflow": with_store(config, trained[1])["mlflow"]}))
     command = [sys.executable, "-m", "salerank.jobs.cli", "nightly", "--data", str(world_dir / "data"),
-               "--date", str(world.last_date), "--out", str(out), "--conf", str(conf_file)]
+               "--date", str(world.last_date), "--out", str(out), "--conf", str(conf)]
     logs = [(tmp_path / f"job{i}.out", tmp_path / f"job{i}.err") for i in range(2)]
     jobs = []
     try:

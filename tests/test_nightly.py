@@ -22,18 +22,9 @@ from salerank.jobs.pipeline import run_nightly, run_training
 from salerank.jobs.publish import content_checksum
 from salerank.jobs.registry import load_metamodel
 from salerank.world import truth_metrics
+from conftest import with_store
 
 pytestmark = pytest.mark.slow
-
-
-EXPERIMENT = {"name": "meta-vs-pop", "salt": "test", "start": "2025-01-01", "end": "2030-12-31",
-              "variants": [{"name": "control", "strategy": "popularity", "weight": 1},
-                           {"name": "treatment", "strategy": "metamodel", "weight": 3}]}
-
-
-@pytest.fixture(scope="module")
-def night_config(config):
-    return {**config, "experiments": [EXPERIMENT]}
 
 
 @pytest.fixture(scope="module")
@@ -43,30 +34,15 @@ def conf_file(night_config, tmp_path_factory):
     return path
 
 
-@pytest.fixture(scope="module")
-def trained(spark, world, world_dir, config, tmp_path_factory):
-    """A meta-model registered with the alias the nightly run uses, in OUT's MLflow store."""
-    out = tmp_path_factory.mktemp("night")
-    result = run_training(spark, str(world_dir / "data"), world.last_date, str(out), config, alias="champion")
-    return result, out
-
-
-@pytest.fixture(scope="module")
-def night(spark, world, world_dir, night_config, trained):
-    _, out = trained
-    result = run_nightly(spark, str(world_dir / "data"), world.last_date, str(out), night_config,
-                         keep_rankings=True)
-    return result, out
-
-
-# Only the fixtures above publish to their OUT; a test that publishes a night does it in an OUT
-# of its own (own_out, copy_of_night), so that no test reads what another one published.
+# Only the shared fixtures (conftest's trained and night) publish to their OUT; a test that
+# publishes a night does it in an OUT of its own (own_out, copy_of_night), so that no test reads
+# what another one published.
 
 @pytest.fixture(scope="module")
 def store_config(night_config, trained):
     """The night's configuration with the trained model's MLflow store, for an OUT of its own."""
     _, out = trained
-    return {**night_config, "mlflow": {**night_config["mlflow"], "tracking_uri": f"sqlite:///{out / 'mlflow.db'}"}}
+    return with_store(night_config, out)
 
 
 @pytest.fixture(scope="module")
@@ -420,7 +396,7 @@ def test_labels_added_after_training_change_nothing_in_the_night(spark, world, w
     added = pd.concat([flipped, labels.iloc[40:], pd.DataFrame({"image_path": unlabelled, "tag": "lighthouse"})])
     added.to_csv(data / "image_labels.csv", index=False)
     assert len(unlabelled) == 60 and (flipped.tag != labels.iloc[:40].tag).all()
-    config = {**night_config, "mlflow": {**night_config["mlflow"], "tracking_uri": f"sqlite:///{out / 'mlflow.db'}"}}
+    config = with_store(night_config, out)
 
     result = run_nightly(spark, str(data), world.last_date, str(tmp_path / "out"), config)
     assert result.model_version == baseline.model_version == "salerank-metamodel/1"
@@ -669,7 +645,9 @@ def test_visual_similarity_ranks_and_publishes_the_nearest_open_sales_by_photo(
     from salerank.image_labelling.stage import sale_embeddings
 
     out = own_out(night, tmp_path)  # photos are tagged already, embeddings included
-    config = {**night_config, "image_labelling": {**night_config["image_labelling"], "visual_similarity": True}}
+    config = {**night_config, "image_labelling": {**night_config["image_labelling"], "visual_similarity": True},
+              # a shorter training window: this test is about the similar sales, not the model's quality
+              "metamodel": {**night_config["metamodel"], "train_days": 4, "validation_days": 2}}
     run_training(spark, str(world_dir / "data"), world.last_date, str(out), config, alias="champion")
     result = run_nightly(spark, str(world_dir / "data"), world.last_date, str(out), config)
     assert result.rows == night[0].rows
