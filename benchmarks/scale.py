@@ -55,10 +55,10 @@ class PeakMemory(threading.Thread):
     """Samples the resident memory of this process and all its descendants, every ``every``
     seconds: the peak of their sum, and the peak of each kind of process on its own, the
     driver's Python (this process), the JVM (driver and, in local mode, executors), the
-    largest Python worker (a scoring task's memory, which should not grow with the users)
-    and the largest other descendant (a backbone child, say)."""
+    largest Python worker (a scoring task's memory, which should not grow with the users),
+    the largest backbone child of a worker, and the largest other descendant."""
 
-    KINDS = ("tree", "driver_python", "jvm", "python_worker", "other")
+    KINDS = ("tree", "driver_python", "jvm", "python_worker", "backbone", "other")
 
     def __init__(self, every: float = 0.5):
         super().__init__(daemon=True)
@@ -86,11 +86,20 @@ class PeakMemory(threading.Thread):
             pid = stack.pop()
             size, name = rss.get(pid, 0), names.get(pid, "")
             kind = ("driver_python" if pid == root else "jvm" if name == "java"
-                    else "python_worker" if name.startswith("python") else "other")
+                    else PeakMemory.python_kind(pid) if name.startswith("python") else "other")
             sizes["tree"] += size
             sizes[kind] = max(sizes[kind], size)
             stack += [child for child, parent in parents.items() if parent == pid]
         return sizes
+
+    @staticmethod
+    def python_kind(pid: int) -> str:
+        """A worker's backbone child (``image_labelling/backbone_process.py``) or a worker."""
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                return "backbone" if b"backbone_process" in f.read() else "python_worker"
+        except OSError:
+            return "python_worker"
 
     def run(self):
         while self.running:
@@ -273,6 +282,18 @@ def main() -> None:
     steps = {k[len("seconds_score."):]: v for k, v in metrics.items() if k.startswith("seconds_score.")}
     fits = {k[len("seconds_fit."):]: v for k, v in metrics.items() if k.startswith("seconds_fit.")}
 
+    def save(peers: dict) -> None:
+        """``results.json``: written once the night is done (the peers can take longer than
+        it), and again with the peers."""
+        (out / "results.json").write_text(json.dumps({
+            "sizes": sizes, "active_users": result.active_users, "open_sales": result.open_sales,
+            "train_seconds": train_seconds, "train_users": args.train_users or args.users,
+            "night_seconds": night_seconds, "peak_bytes": peaks, "train_peak_bytes": train_peaks,
+            "stages": result.timings, "fits": fits, "score_steps": steps, "peers": peers}, indent=2, default=str))
+
+    save({})
+    print(f"night done in {night_seconds:.1f} s; peak memory (GiB): " + ", ".join(
+        f"{kind} {size / 2**30:.2f}" for kind, size in peaks.items()), flush=True)
     peers = {}
     wanted = args.peers.split(",") if args.peers else []
     if "floor" in wanted:
@@ -323,11 +344,7 @@ def main() -> None:
               f"recommendForAllUsers written {p['recommendForAllUsers']:.1f} s{subset}); {p['items']} items; "
               f"score stage / recommendForAllUsers = {score / p['recommendForAllUsers']:.2f}x, "
               f"whole night / Spark ALS job = {night_seconds / p['job']:.2f}x")
-    (out / "results.json").write_text(json.dumps({
-        "sizes": sizes, "active_users": result.active_users, "open_sales": result.open_sales,
-        "train_seconds": train_seconds, "train_users": args.train_users or args.users, "night_seconds": night_seconds, "peak_bytes": peaks,
-        "train_peak_bytes": train_peaks,
-        "stages": result.timings, "fits": fits, "score_steps": steps, "peers": peers}, indent=2, default=str))
+    save(peers)
 
 
 if __name__ == "__main__":
