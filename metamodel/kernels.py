@@ -1,6 +1,6 @@
 """Per-row kernels of the night's ranking, compiled by numba: each user's best ``d`` sales
 found in one or two passes over the row, instead of numpy's partition, argsort and gathers
-over the whole block (``benchmarks/numba_kernels.py``).
+over the whole block (measured by ``benchmarks/ties.py``; ``benchmarks/README.md``).
 
 The top ``k`` (10) of a row is kept in a heap of ``k`` as the row is read. The best ``depth``
 (100) for the rank features come from a bar, a value with between ``depth`` and ``1.5 depth``

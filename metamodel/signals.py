@@ -202,7 +202,8 @@ def within_user_ranks(scores: np.ndarray, depth: int | None = None) -> np.ndarra
     method="min", axis=1)``, exactly); with ``depth``, ranks beyond it are ``depth + 1``.
 
     One argsort and one sort of values per row instead of rankdata's several passes (with
-    ``depth``, a partition and a sort of the best ``depth`` only); a score that is the same
+    ``depth``, the compiled search of each row's best ``depth``, ``kernels.add_rank_lookup_rows``,
+    looking the ranks up in a table of themselves); a score that is the same
     for every user (popularity) is ranked once for the block, and one that is the same for
     every sale ties everywhere.
     """
