@@ -107,6 +107,10 @@ class PeakMemory(threading.Thread):
                 self.peaks[kind] = max(self.peaks[kind], size)
             time.sleep(self.every)
 
+    @staticmethod
+    def describe(peaks: dict[str, int]) -> str:
+        return ", ".join(f"{kind} {size / 2**30:.2f}" for kind, size in peaks.items())
+
     def stop(self) -> dict[str, int]:
         self.running = False
         self.join()
@@ -292,8 +296,7 @@ def main() -> None:
             "stages": result.timings, "fits": fits, "score_steps": steps, "peers": peers}, indent=2, default=str))
 
     save({})
-    print(f"night done in {night_seconds:.1f} s; peak memory (GiB): " + ", ".join(
-        f"{kind} {size / 2**30:.2f}" for kind, size in peaks.items()), flush=True)
+    print(f"night done in {night_seconds:.1f} s; peak memory (GiB): {PeakMemory.describe(peaks)}", flush=True)
     peers = {}
     wanted = args.peers.split(",") if args.peers else []
     if "floor" in wanted:
@@ -310,11 +313,9 @@ def main() -> None:
           f"{dt.date.today()}")
     print(f"data: {json.dumps(sizes)}; active users {result.active_users}, open sales {result.open_sales}")
     print(f"training (3 days of {args.train_users or args.users} users, registered): {train_seconds:.1f} s; "
-          "peak memory (GiB): " + ", ".join(
-        f"{kind} {size / 2**30:.2f}" for kind, size in train_peaks.items()))
+          f"peak memory (GiB): {PeakMemory.describe(train_peaks)}")
     print(f"whole night: {night_seconds:.1f} s; "
-          "peak memory during the night (GiB): " + ", ".join(
-              f"{kind} {size / 2**30:.2f}" for kind, size in peaks.items()))
+          f"peak memory during the night (GiB): {PeakMemory.describe(peaks)}")
     print("\nnight stages (wall seconds):")
     print(pd.Series(result.timings).round(1).to_string())
     print("\nfit stage (driver), seconds by recommender and signal:")
