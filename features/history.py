@@ -122,6 +122,25 @@ def _largest_remainder(sizes: dict, total_quota: int) -> dict:
     return quotas
 
 
+def _first_by_draw(candidates: pa.Table, quotas: dict):
+    """A filter keeping each stratum's first ``quotas[stratum]`` users by (``draw``,
+    ``user_id``), from the ``candidates`` (``stratum, draw, user_id``) that hold them: the
+    last one's draw and id per stratum, as literals."""
+    ordered = candidates.sort_by([("stratum", "ascending"), ("draw", "ascending"), ("user_id", "ascending")])
+    strata = ordered["stratum"].to_numpy()
+    last_draw, last_user = {}, {}
+    for stratum, quota in quotas.items():
+        inside = np.flatnonzero(strata == stratum)
+        if quota and len(inside):
+            last = inside[min(quota, len(inside)) - 1]
+            last_draw[stratum], last_user[stratum] = ordered["draw"][last].as_py(), ordered["user_id"][last].as_py()
+    if not last_draw:
+        return F.lit(False)
+    draw, stratum = F.col("draw"), F.col("stratum")
+    bar = _literal_map(last_draw)[stratum]
+    return (draw < bar) | ((draw == bar) & (F.col("user_id") <= _literal_map(last_user)[stratum]))
+
+
 @dataclass
 class ScoringContext:
     """What is known at the start of ``as_of``: the catalogue, the sales open that day and
@@ -159,33 +178,41 @@ class ScoringContext:
         The sample is stratified by activity (``floor(log2(sales the user touched))``): each
         stratum's quota is its share of ``max_users``, rounded by largest remainder so the
         quotas add up to ``max_users``; within a stratum the users first by a seeded hash of
-        ``user_id``, so the sample does not depend on the partitioning. Only a seeded
-        candidate draw a little larger than each quota (a hash below the quota's share plus a
-        margin) is ranked, so no task sorts a whole stratum."""
-        interactions = self.interactions()
+        ``user_id`` (ties by ``user_id``), so the sample does not depend on the partitioning.
+        The events are shuffled once, into one cached row per user: the strata's sizes, a
+        seeded candidate draw a little larger than each quota (a hash below the quota's share
+        plus a margin; only these reach the driver, to find each stratum's last user) and the
+        sample are all read from it."""
         if max_users is None:
-            return interactions.select(*columns).toArrow()
-        wanted = list(dict.fromkeys(["user_id", *columns]))
-        cached = interactions = interactions.select(*wanted).cache()
+            return self.interactions().select(*columns).toArrow()
+        per_user = self._interactions_per_user([c for c in dict.fromkeys(["sale_idx", *columns]) if c != "user_id"],
+                                               seed).cache()
         try:
-            uniform = (F.pmod(F.xxhash64("user_id", F.lit(seed)), F.lit(1 << 53)) / float(1 << 53))
-            users = (interactions.groupBy("user_id").agg(F.floor(F.log2(F.count("*"))).alias("stratum"))
-                     .withColumn("draw", uniform))
-            sizes = {r["stratum"]: r["count"] for r in users.groupBy("stratum").count().collect()}
-            total = sum(sizes.values())
-            if total > max_users:
+            sizes = {r["stratum"]: r["count"] for r in per_user.groupBy("stratum").count().collect()}
+            chosen = per_user
+            if sum(sizes.values()) > max_users:
                 quotas = _largest_remainder(sizes, max_users)
                 # a Bernoulli draw of about quota + 4 standard deviations + 10 per stratum holds
                 # the quota's first users by draw unless ~1e-5 unlucky: then fewer are kept
                 cut = {s: min(1.0, (q + 4 * q ** 0.5 + 10) / sizes[s]) for s, q in quotas.items()}
-                order = Window.partitionBy("stratum").orderBy("draw", "user_id")
-                chosen = (users.filter(F.col("draw") < _literal_map(cut)[F.col("stratum")])
-                          .withColumn("position", F.row_number().over(order))
-                          .filter(F.col("position") <= _literal_map(quotas)[F.col("stratum")]).select("user_id"))
-                interactions = interactions.join(chosen, "user_id", "left_semi")
-            return interactions.select(*columns).toArrow()
+                candidates = (per_user.filter(F.col("draw") < _literal_map(cut)[F.col("stratum")])
+                              .select("stratum", "draw", "user_id").toArrow())
+                chosen = per_user.filter(_first_by_draw(candidates, quotas))
+            rows = chosen.select("user_id", F.explode("rows").alias("row")).select("user_id", "row.*")
+            return rows.select(*columns).toArrow()
         finally:
-            cached.unpersist()
+            per_user.unpersist()
+
+    def _interactions_per_user(self, columns: list[str], seed: int) -> DataFrame:
+        """One row per user: ``rows`` (the user's interactions' ``columns``), ``stratum`` and
+        ``draw`` (a seeded uniform hash of ``user_id``). The events are partitioned by user
+        once; the per-sale and the per-user aggregations both keep that partitioning."""
+        partitions = int(self.events.sparkSession.conf.get("spark.sql.shuffle.partitions"))
+        uniform = F.pmod(F.xxhash64("user_id", F.lit(seed)), F.lit(1 << 53)) / float(1 << 53)
+        return (self.interactions(partitions).groupBy("user_id")
+                .agg(F.collect_list(F.struct(*columns)).alias("rows"))
+                .withColumn("stratum", F.floor(F.log2(F.size("rows"))))
+                .withColumn("draw", uniform))
 
     def events_since(self, days: int) -> DataFrame:
         """Events in the ``days`` days before ``as_of``."""

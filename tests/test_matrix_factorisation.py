@@ -4,6 +4,7 @@ import datetime as dt
 import numpy as np
 import pandas as pd
 import pytest
+from pyspark.sql import functions as F
 
 from salerank.features.history import Catalog, ScoringContext
 from salerank.features.loading import Tables
@@ -137,6 +138,12 @@ def test_the_fit_sample_is_bounded_keeps_each_activity_stratum_share_and_whole_h
     expected = pd.Series({0: 3, 1: 7, 2: 13, 3: 24, 4: 3})
     pd.testing.assert_series_equal(strata[chosen.index].value_counts().sort_index(), expected, check_names=False)
     pd.testing.assert_series_equal(chosen, touched[chosen.index])
+    # within each stratum, the first users by the seeded hash of user_id
+    hashed = spark.createDataFrame([(u,) for u in touched.index], "user_id string").select(
+        "user_id", (F.pmod(F.xxhash64("user_id", F.lit(1)), F.lit(1 << 53)) / float(1 << 53)).alias("draw"))
+    draws = hashed.toPandas().set_index("user_id")["draw"].sort_values(kind="stable")
+    first = [u for s, n in expected.items() for u in draws[strata[draws.index] == s].index[:n]]
+    assert set(first) == set(chosen.index)
     # seeded, and the same whatever the partitioning of the events
     again = _varied_activity_context(spark, 7).collect_interactions(["user_id", "sale_idx"], max_users=50, seed=1)
     assert set(again.to_pandas().user_id) == set(chosen.index)
