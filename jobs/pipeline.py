@@ -279,7 +279,7 @@ def _export(night, ranked, fallback, active, experiment, run_date, model_label) 
     users, files = {}, {}
     try:
         for variant in experiment.variants:
-            one = lines.filter(F.col("variant") == variant.name).repartition(1).sortWithinPartitions("user_id")
+            one = lines.filter(F.col("variant") == variant.name).orderBy("user_id")  # written in parallel
             files[variant.name] = night.write_jsonl(one.select("value"), "exports", experiment.name,
                                                     f"{variant.name}.jsonl")
             users[variant.name] = files[variant.name]["rows"]

@@ -118,15 +118,17 @@ class Night:
         return self.record(part, *inner, frame=self.spark.read.parquet(path))
 
     def write_jsonl(self, lines: DataFrame, part: str, *inner: str) -> dict:
-        """Stage a one-column (``value``) frame of JSON lines as one file, in frame order."""
+        """Stage a one-column (``value``) frame of JSON lines as one file, in frame order: its
+        partitions are written in parallel, then joined into the file in partition order (a
+        globally sorted frame, ``orderBy``, stays sorted)."""
         path = self.files.path(self.staged(part, *inner))
         folder = self.files.path(path.getParent(), f"_parts-{path.getName()}")
-        lines.coalesce(1).write.mode("error").text(folder.toString())
-        written = [s.getPath() for s in self.files.fs.listStatus(folder) if s.getPath().getName().startswith("part-")]
-        if not written:  # no rows: Spark writes no part file
-            self.files.fs.create(path).close()
-        elif len(written) > 1 or not self.files.fs.rename(written[0], path):
-            raise PublishError(f"{path}: expected one part file, got {len(written)}")
+        lines.write.mode("error").text(folder.toString())
+        # part-NNNNN-... by partition, then -cNNN by file within it: the names sort in frame order
+        written = sorted((s.getPath() for s in self.files.fs.listStatus(folder)
+                          if s.getPath().getName().startswith("part-")), key=lambda p: p.getName())
+        if len(written) != 1 or not self.files.fs.rename(written[0], path):
+            self.files.concatenate(written, path)  # none (no rows): an empty file
         self.files.fs.delete(folder, True)
         self.files.drop_checksum(path)
         return self.record(part, *inner, frame=self.spark.read.text(path.toString()))

@@ -155,6 +155,20 @@ class FileSystem:
                 return False
             raise
 
+    def concatenate(self, parts: list, target) -> None:
+        """Create ``target`` from the bytes of ``parts``, one after the other, streamed by the
+        JVM (nothing passes through Python)."""
+        out = self.fs.create(self.path(target), False)
+        try:
+            for part in parts:
+                stream = self.fs.open(self.path(part))
+                try:
+                    self.jvm.org.apache.hadoop.io.IOUtils.copyBytes(stream, out, 1 << 22, False)
+                finally:
+                    stream.close()
+        finally:
+            out.close()
+
     def modified(self, path) -> float:
         """The time ``path`` was last written, in seconds since the epoch."""
         return self.fs.getFileStatus(self.path(path)).getModificationTime() / 1000

@@ -95,6 +95,22 @@ def test_an_empty_export_is_an_empty_file(spark, tmp_path):
     assert (tmp_path / "exports" / f"run_date={DAY}" / "exp" / "control.jsonl").read_text() == ""
 
 
+def test_an_export_written_in_parallel_is_one_file_in_the_frames_order(spark, tmp_path):
+    night = Night(spark, str(tmp_path), DAY)
+    users = spark.range(5000).select(F.format_string("u%05d", (F.col("id") * 7919) % 5000).alias("user_id"))
+    # sorted over 7 partitions (orderBy's own would be coalesced into one at this size)
+    lines = (users.repartitionByRange(7, "user_id").sortWithinPartitions("user_id")
+             .select(F.to_json(F.struct("user_id")).alias("value")))
+    assert lines.rdd.getNumPartitions() == 7  # so the parts are joined, not renamed
+    entry = night.write_jsonl(lines, "exports", "exp", "control.jsonl")
+    folder = tmp_path / "_staging"
+    written = [p for p in folder.rglob("*") if p.is_file()]
+    assert [p.name for p in written] == ["control.jsonl"]  # no part file or checksum left beside it
+    expected = [f'{{"user_id":"u{i:05d}"}}' for i in range(5000)]
+    assert written[0].read_text().splitlines() == expected
+    assert entry["rows"] == 5000
+
+
 def test_a_rerun_withdraws_the_outputs_it_no_longer_produces(spark, tmp_path):
     """An experiment that has ended since the first run of the date: its exports go with
     the same commit, so the night is exactly what its manifest lists. Other dates stay."""
