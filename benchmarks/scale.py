@@ -223,6 +223,20 @@ def spark_path_peer(spark, data: Path, run_date: dt.date, config: dict) -> tuple
     return seconds[0], seconds[1]
 
 
+def peers_alone(spark, data: Path, out: Path, wanted: list[str], run_date: dt.date) -> None:
+    """``--peers-only``: the peers that need nothing of the night, timed and saved as they end."""
+    peers = {}
+    if "implicit" in wanted:
+        peers["implicit"] = implicit_peer(data, run_date)
+    if "spark_als" in wanted:
+        memory = PeakMemory()
+        memory.start()
+        peers["spark_als"] = spark_als_peer(spark, data, out, subset="spark_als_subset" in wanted)
+        peers["spark_als"]["peak_bytes"] = memory.stop()
+    (out / "peers.json").write_text(json.dumps(peers, indent=2))
+    print(json.dumps(peers, indent=2))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=100_000)
@@ -239,6 +253,9 @@ def main() -> None:
                              "beside it); default: the night's own users. Training is not what is measured")
     parser.add_argument("--conf", help="a configuration file merged under the benchmark's settings "
                                        "(its nights are kept apart, under nights-STEM)")
+    parser.add_argument("--peers-only", action="store_true",
+                        help="no training and no night: only the peers that do not need the night's counts "
+                             "(implicit, spark_als), in their own Spark session, into peers.json")
     args = parser.parse_args()
 
     from salerank.conf import load_config
@@ -269,6 +286,9 @@ def main() -> None:
                          "variants": [{"name": "control", "strategy": "popularity", "weight": 1},
                                       {"name": "treatment", "strategy": "metamodel", "weight": 1}]}]})
     spark = get_spark(config)
+    if args.peers_only:
+        peers_alone(spark, data, out, args.peers.split(","), run_date)
+        return
     # training only provides the registered model the night scores with; it is not what is
     # measured, so its BPR may use every core (the night's keeps the default: one thread)
     training_config = copy.deepcopy(config)
