@@ -11,8 +11,8 @@ Run it from two installed versions one after the other to compare them.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import datetime as dt
+import hashlib
 import json
 import time
 

@@ -125,8 +125,7 @@ class Night:
         folder = self.files.path(path.getParent(), f"_parts-{path.getName()}")
         lines.write.mode("error").text(folder.toString())
         # part-NNNNN-... by partition, then -cNNN by file within it: the names sort in frame order
-        written = sorted((s.getPath() for s in self.files.fs.listStatus(folder)
-                          if s.getPath().getName().startswith("part-")), key=lambda p: p.getName())
+        written = [self.files.path(folder, name) for name in self.files.names(folder) if name.startswith("part-")]
         if len(written) != 1 or not self.files.fs.rename(written[0], path):
             self.files.concatenate(written, path)  # none (no rows): an empty file
         self.files.fs.delete(folder, True)
